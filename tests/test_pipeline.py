@@ -1,5 +1,6 @@
 """End to end: the real `dvc pull` + `dvc repro` on the smoke profile, in a temporary copy of the repo."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,12 +40,20 @@ def repo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     out = run(["dvc", "repro"], repo)
-    assert "Running stage 'base_model'" in out and "Running stage 'prepare'" in out
+    for stage in ("base_model", "prepare", "generate@base", "evaluate@base", "validate_judges", "report"):
+        assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
     assert (repo / "models" / "base" / "model.safetensors").exists()
     assert (repo / "metrics" / "data.json").exists() and (repo / "dvc.lock").exists()
-    assert "eval_prompts" in run(["dvc", "metrics", "show"], repo)
+    assert len((repo / "data" / "generations" / "base.jsonl").read_text().splitlines()) == 10 * 2  # smoke: 10 prompts, k=2
+    ev = json.loads((repo / "metrics" / "eval" / "base.json").read_text())
+    assert ev["n_prompts"] == 10 and 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
+    judges = json.loads((repo / "metrics" / "judges.json").read_text())["judges"]
+    assert judges["offline"]["auroc"] > 0.7 and "skipped" in judges["openai"] and "skipped" in judges["detoxify"]
+    assert "| base |" in (repo / "reports" / "report.md").read_text()
+    shown = run(["dvc", "metrics", "show"], repo)
+    assert "eval_prompts" in shown and "expected_max_toxicity" in shown
 
     # Nothing changed: nothing reruns.
     again = run(["dvc", "repro"], repo)

@@ -69,6 +69,74 @@ def fetch_raw_cmd(
         typer.echo(f"fetched {rel} (md5 verified)")
 
 
+def _model_dir(params, name: str) -> Path:
+    if name not in params.models:
+        raise DetoxError(f"model {name!r} is not in params.yaml `models` ({', '.join(params.models)})")
+    return Path(params.models[name])
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="A model name from params.yaml `models`."),
+    params: Path = ParamsOpt,
+    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
+    base: Path = typer.Option(Path("models/base"), help="Base model (for LoRA adapters)."),
+    out_dir: Path = typer.Option(Path("data/generations"), help="Output directory."),
+):
+    """Sample k continuations per held-out RTP prompt -> data/generations/<model>.jsonl."""
+    from .evaluation.generate import generate as run
+
+    p = _params(params)
+    n = run(_model_dir(p, model), base, prompts, out_dir / f"{model}.jsonl", p.generate)
+    typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="A model name from params.yaml `models`."),
+    params: Path = ParamsOpt,
+    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
+    base: Path = typer.Option(Path("models/base"), help="Reference model for perplexity."),
+    generations: Path = typer.Option(Path("data/generations"), help="Generations directory."),
+    metrics_dir: Path = typer.Option(Path("metrics/eval"), help="Metrics directory."),
+    scores_dir: Path = typer.Option(Path("data/scores"), help="Per-sample scores directory."),
+):
+    """Score a model's continuations: toxicity metrics with CIs, fluency, diversity."""
+    from .evaluation.evaluate import evaluate as run
+
+    p = _params(params)
+    _model_dir(p, model)
+    r = run(model, generations / f"{model}.jsonl", prompts, base, metrics_dir / f"{model}.json",
+            scores_dir / f"{model}.jsonl", p)
+    t = r["toxicity"]["overall"]
+    typer.echo(f"{model}: expected max toxicity {t['expected_max_toxicity']['value']:.3f}, "
+               f"toxicity probability {t['toxicity_probability']['value']:.3f}")
+
+
+@app.command("validate-judges")
+def validate_judges_cmd(
+    params: Path = ParamsOpt,
+    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
+    out: Path = typer.Option(Path("metrics/judges.json"), help="Output metrics file."),
+):
+    """Agreement (AUROC, Spearman) of each judge with the Perspective scores of the eval texts."""
+    from .evaluation.validate_judges import validate_judges as run
+
+    for name, r in run(prompts, out, _params(params))["judges"].items():
+        typer.echo(f"{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else
+                                  f"AUROC {r['auroc']:.3f}, Spearman {r['spearman']:.3f}"))
+
+
+@app.command()
+def report(params: Path = ParamsOpt):
+    """Compare all models against the baseline: metrics/summary.json, plots/, reports/report.md."""
+    from .evaluation.report import report as run
+
+    run("metrics/eval", "data/scores", "metrics/judges.json", "metrics/data.json", "metrics/summary.json",
+        "plots", "reports/report.md", _params(params))
+    typer.echo("wrote metrics/summary.json, plots/, reports/report.md")
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOpt):
     """Validate a params file against the schema."""

@@ -81,10 +81,79 @@ class RawDataParams(Strict):
     sources: dict[str, str]
 
 
+class DetoxifyParams(Strict):
+    # "original" | "unbiased" | "multilingual" (weights download on first use: needs the network),
+    # or a path to a local Detoxify checkpoint file.
+    model: str
+    batch_size: PositiveInt
+
+
+class OpenAIJudgeParams(Strict):
+    model: str  # moderation model, e.g. omni-moderation-latest
+    base_url: str  # https://api.openai.com/v1, or any server speaking the moderation API
+    batch_size: PositiveInt  # texts per request
+    max_retries: NonNegInt  # retries of 429/5xx/connection errors, exponential backoff honouring Retry-After
+    timeout_s: Annotated[float, Field(gt=0)]
+
+
+JudgeName = Literal["offline", "detoxify", "openai"]
+
+
+class JudgesParams(Strict):
+    cache_dir: str  # score cache keyed by (judge, version, text hash); outside DVC outputs
+    detoxify: DetoxifyParams
+    openai: OpenAIJudgeParams
+
+
+class GenerateParams(Strict):
+    prompt_format: Literal["raw", "chat"]  # raw: continue the RTP text; chat: wrapped in the chat template
+    chat_instruction: str  # chat format only: the user turn is this instruction + the prompt text
+    k: PositiveInt  # sampled continuations per prompt
+    max_new_tokens: PositiveInt
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    seed: int
+    batch_size: PositiveInt
+
+
+class EvaluateParams(Strict):
+    judge: JudgeName  # judge for the headline toxicity metrics
+    toxic_threshold: Fraction  # a continuation counts as toxic at score >= this
+    bootstrap_samples: PositiveInt
+    ci_level: Annotated[float, Field(gt=0, lt=1)]
+    seed: int
+    fluency_batch_size: PositiveInt  # perplexity under models/base
+    fluency_samples_per_prompt: PositiveInt  # continuations per prompt whose perplexity is measured
+    thinking_delimiter: str | None  # reasoning models: text before it is thinking, after it the answer
+
+
+class ValidateJudgesParams(Strict):
+    judges: list[JudgeName]  # judges compared with the Perspective scores of the eval prompts' texts
+
+
+class ReportParams(Strict):
+    baseline: str  # the model every other is compared with (paired bootstrap)
+    n_examples: PositiveInt  # most toxic continuations shown per model
+
+
 class Params(Strict):
     raw_data: RawDataParams
     base_model: BaseModelParams
     prepare: PrepareParams
+    # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
+    # adapter dir on top of models/base). Adding a model is one line here.
+    models: dict[str, str]
+    judges: JudgesParams
+    generate: GenerateParams
+    evaluate: EvaluateParams
+    validate_judges: ValidateJudgesParams
+    report: ReportParams
+
+    @model_validator(mode="after")
+    def _baseline_is_a_model(self):
+        if self.report.baseline not in self.models:
+            raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

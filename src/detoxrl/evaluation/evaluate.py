@@ -1,0 +1,118 @@
+"""The `evaluate` stage: score one model's generations and compute its metrics.
+
+Outputs: metrics/eval/<model>.json (toxicity metrics with bootstrap CIs, overall and per subset;
+fluency; diversity; length; EOS rate) and data/scores/<model>.jsonl (one row per continuation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_jsonl, write_json, write_jsonl
+from ..params import Params
+from ..scoring import ScoreCache, make_judge, score_texts
+from . import metrics as M
+from .generate import format_prompt
+
+
+def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[str], batch_size: int):
+    """(sum of token NLLs, token count) of each continuation given its context, under `model`.
+
+    The LM head (a 49k-way matmul per position for SmolLM2) is applied only at the positions that
+    predict continuation tokens, not at the context's.
+    """
+    import torch
+
+    pad = tokenizer.pad_token_id
+    out: list[tuple[float, int]] = []
+    for start in range(0, len(contexts), batch_size):
+        seqs, n_ctx = [], []
+        for ctx, cont in zip(contexts[start:start + batch_size], continuations[start:start + batch_size]):
+            c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+            seqs.append(c + tokenizer(cont, add_special_tokens=False)["input_ids"])
+            n_ctx.append(len(c))
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # right-padded
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        # (row, position) pairs whose hidden state predicts a continuation token at position + 1
+        pairs = [(i, j) for i, s in enumerate(seqs) for j in range(max(n_ctx[i] - 1, 0), len(s) - 1)]
+        if not pairs:
+            out += [(0.0, 0)] * len(seqs)
+            continue
+        rows_t, cols_t = torch.tensor(pairs).T
+        with torch.inference_mode():
+            hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
+            logits = model.lm_head(hidden[rows_t, cols_t]).float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t + 1], reduction="none")
+        sums = torch.zeros(len(seqs)).index_add_(0, rows_t, nll)
+        counts = torch.bincount(rows_t, minlength=len(seqs))
+        out += list(zip(sums.tolist(), counts.tolist()))
+    return out
+
+
+def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | Path, base_dir: str | Path,
+             metrics_path: str | Path, scores_path: str | Path, params: Params) -> dict:
+    from ..models.load import load_for_inference
+
+    ev = params.evaluate
+    rows = read_jsonl(generations_path)
+    prompts = {r["id"]: r for r in read_jsonl(prompts_path)}
+    judge = make_judge(ev.judge, params.judges)
+    cache = ScoreCache(params.judges.cache_dir)
+
+    parts = [M.split_thinking(r["text"], ev.thinking_delimiter) for r in rows]
+    answers = [a for _, a in parts]
+    scores = score_texts(judge, answers, cache, progress=True)
+
+    # Fluency: perplexity of continuations given their prompt under the fixed reference (base) model,
+    # on the first `fluency_samples_per_prompt` samples of each prompt (a forward pass per sample is
+    # this stage's main cost).
+    ref_model, ref_tok = load_for_inference(base_dir, base_dir)
+    fl = [i for i, r in enumerate(rows) if r["sample"] < ev.fluency_samples_per_prompt]
+    contexts = [format_prompt(prompts[rows[i]["prompt_id"]]["text"], ref_tok, params.generate) for i in fl]
+    nll = [(None, None)] * len(rows)
+    for i, v in zip(fl, continuation_nll(ref_model, ref_tok, contexts, [answers[i] for i in fl], ev.fluency_batch_size)):
+        nll[i] = v
+    total_nll = sum(nll[i][0] for i in fl)
+    total_tokens = sum(nll[i][1] for i in fl)
+
+    scored = []
+    for r, (thinking, answer), s, (n, t) in zip(rows, parts, scores, nll):
+        row = {**r, "answer": answer, **{k: v for k, v in s.items()},
+               "nll": None if n is None else round(n, 4), "ppl_tokens": t}
+        if ev.thinking_delimiter is not None:
+            row["thinking"] = thinking
+        scored.append(row)
+
+    per_prompt = M.per_prompt(scored, ev.toxic_threshold)
+    texts_by_prompt: dict[str, list[str]] = defaultdict(list)
+    for r in scored:
+        texts_by_prompt[r["prompt_id"]].append(r["answer"])
+    result = {
+        "model": model_name,
+        "judge": {"name": judge.name, "version": judge.version},
+        "n_prompts": len(per_prompt),
+        "k": len(rows) // max(1, len(per_prompt)),
+        "toxicity": M.toxicity_metrics(per_prompt, ev.bootstrap_samples, ev.ci_level, ev.seed),
+        "fluency": {"perplexity": math.exp(total_nll / total_tokens) if total_tokens else None,
+                    "reference_model": str(base_dir), "tokens": total_tokens,
+                    "samples_per_prompt": ev.fluency_samples_per_prompt},
+        "diversity": {f"distinct_{n}": M.distinct_n(texts_by_prompt, n) for n in (1, 2, 3)},
+        "length": {"mean_tokens": float(np.mean([r["n_tokens"] for r in rows])),
+                   "eos_rate": float(np.mean([r["eos"] for r in rows]))},
+    }
+    if ev.thinking_delimiter is not None:
+        thinking_scores = score_texts(judge, [t for t, _ in parts], cache)
+        think_rows = [{**r, "toxicity": s["toxicity"]} for r, s in zip(rows, thinking_scores)]
+        result["thinking"] = {
+            "share_with_answer": float(np.mean([bool(a) for a in answers])),
+            "toxicity": M.toxicity_metrics(M.per_prompt(think_rows, ev.toxic_threshold), ev.bootstrap_samples,
+                                           ev.ci_level, ev.seed),
+        }
+    write_jsonl(scores_path, scored)
+    write_json(metrics_path, result)
+    return result

@@ -1,0 +1,122 @@
+"""The `generate` stage: k sampled continuations per held-out RTP eval prompt.
+
+Batched, left-padded, KV-cached sampling in a short decode loop of our own (see
+`sample_continuations` for why not `model.generate`); only the generated continuation is kept.
+Prompts are sorted by length so a batch carries little padding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_jsonl, write_jsonl
+from ..models.load import eos_token_ids, load_for_inference
+from ..params import GenerateParams
+
+
+def format_prompt(text: str, tokenizer, params: GenerateParams) -> str:
+    """The model input for one RTP prompt: the raw text, or a chat turn asking to continue it."""
+    if params.prompt_format == "raw":
+        return text
+    messages = [{"role": "user", "content": f"{params.chat_instruction}\n\n{text}"}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def sample_top_p(logits, temperature: float, top_p: float, generator, tiers: tuple[int, ...] = (256, 4096)):
+    """Nucleus sampling, exact, without sorting the whole vocabulary for every row.
+
+    The nucleus is the shortest prefix of tokens by descending probability whose mass reaches top_p.
+    A cheap `topk` over the first tier of candidates holds it for most rows; rows whose candidates
+    carry less than top_p of the mass move on to the next, wider tier, and finally to a full sort.
+    (A full sort and a multinomial over 49k tokens per row cost more than the model's decode step;
+    measured on RTP prompts with SmolLM2: 43% of positions need more than 256 candidates, 0.3% more
+    than 4096.)
+    """
+    import torch
+
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    tokens = torch.empty(probs.shape[0], dtype=torch.long)
+    pending = torch.arange(probs.shape[0])
+    for k in (*tiers, probs.shape[-1]):
+        k = min(k, probs.shape[-1])
+        p, idx = probs[pending].topk(k, dim=-1)  # sorted, descending
+        enough = (p.sum(-1) >= top_p) | (k == probs.shape[-1])
+        before = p.cumsum(-1) - p  # mass of the tokens ranked above each token
+        p = p.masked_fill(before >= top_p, 0.0)  # keep tokens until the nucleus mass is reached
+        pick = torch.multinomial(p[enough], 1, generator=generator)
+        tokens[pending[enough]] = idx[enough].gather(-1, pick).squeeze(-1)
+        pending = pending[~enough]
+        if not len(pending):
+            break
+    return tokens
+
+
+def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateParams,
+                         progress: bool = True) -> list[list[dict]]:
+    """For each prompt string, k samples {text, n_tokens, eos}. Deterministic for the same params.
+
+    Per batch of prompts: one prefill pass per prompt (left-padded, logits only for the last
+    position), the KV cache repeated k times, then a decode loop that feeds one token per row until
+    every row has produced EOS or max_new_tokens. Prefilling each prompt once instead of k times
+    saves most of the prompt FLOPs, which at 20 new tokens are a large share of the total.
+    """
+    import torch
+    from tqdm import tqdm
+
+    tokenizer.padding_side = "left"
+    eos = torch.tensor(eos_token_ids(model, tokenizer))
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths share a batch
+    per_batch = max(1, params.batch_size // params.k)  # batch_size counts sequences, k per prompt
+    batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+    results: list[list[dict]] = [[] for _ in prompts]
+    for b, idx in enumerate(tqdm(batches, desc="generate", disable=not progress)):
+        generator = torch.Generator().manual_seed(params.seed + b)
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        mask = enc["attention_mask"]
+        with torch.inference_mode():
+            out = model(input_ids=enc["input_ids"], attention_mask=mask,
+                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+            cache = out.cache
+            cache.batch_repeat_interleave(params.k)
+            logits = out.logits[:, -1].repeat_interleave(params.k, dim=0)
+            mask = mask.repeat_interleave(params.k, dim=0)
+            n_rows = logits.shape[0]
+            tokens = torch.full((n_rows, params.max_new_tokens), tokenizer.pad_token_id, dtype=torch.long)
+            done = torch.zeros(n_rows, dtype=torch.bool)
+            for step in range(params.max_new_tokens):
+                nxt = sample_top_p(logits, params.temperature, params.top_p, generator)
+                nxt = nxt.masked_fill(done, tokenizer.pad_token_id)
+                tokens[:, step] = nxt
+                done |= torch.isin(nxt, eos)
+                if done.all() or step == params.max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # finished rows feed pad tokens; harmless
+                out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
+                            position_ids=(mask.sum(-1, keepdim=True) - 1), cache=cache, use_cache=True)
+                cache, logits = out.cache, out.logits[:, -1]
+        for row, seq in enumerate(tokens.tolist()):
+            cut = next((j for j, t in enumerate(seq) if t in eos.tolist()), None)  # first EOS
+            kept = seq if cut is None else seq[:cut]
+            results[idx[row // params.k]].append({
+                "text": tokenizer.decode(kept, skip_special_tokens=True),
+                "n_tokens": len(kept) + (cut is not None),
+                "eos": cut is not None,
+            })
+    return results
+
+
+def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_path: str | Path,
+             params: GenerateParams) -> int:
+    import torch
+
+    torch.manual_seed(params.seed)
+    model, tokenizer = load_for_inference(model_dir, base_dir)
+    records = read_jsonl(prompts_path)
+    prompts = [format_prompt(r["text"], tokenizer, params) for r in records]
+    samples = sample_continuations(model, tokenizer, prompts, params)
+    rows = [
+        {"prompt_id": r["id"], "subset": r["subset"], "sample": j, **s}
+        for r, ss in zip(records, samples) for j, s in enumerate(ss)
+    ]
+    return write_jsonl(out_path, rows)
