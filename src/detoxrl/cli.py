@@ -69,6 +69,58 @@ def fetch_raw_cmd(
         typer.echo(f"fetched {rel} (md5 verified)")
 
 
+@app.command()
+def sft(
+    params: Path = ParamsOpt,
+    base: Path = typer.Option(Path("models/base"), help="Base model directory."),
+    data: Path = typer.Option(Path("data/processed/sft.jsonl"), help="SFT dialogues."),
+    out: Path = typer.Option(Path("models/sft"), help="Output model directory."),
+    metrics: Path = typer.Option(Path("metrics/sft.json"), help="Metrics file."),
+    plots: Path = typer.Option(Path("plots/sft"), help="Training curves (dvclive) directory."),
+):
+    """Supervised fine-tuning (TRL SFTTrainer, LoRA by default) of the base model on the chosen responses."""
+    from .training.sft import train_sft
+
+    m = train_sft(base, data, out, metrics, plots, _params(params).sft)
+    typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
+
+
+@app.command()
+def dpo(
+    params: Path = ParamsOpt,
+    sft_model: Path = typer.Option(Path("models/sft"), "--sft", help="SFT model (start point and reference)."),
+    base: Path = typer.Option(Path("models/base"), help="Base model (for a LoRA SFT adapter)."),
+    train: Path = typer.Option(Path("data/processed/pref_train.jsonl"), help="Training pairs."),
+    val: Path = typer.Option(Path("data/processed/pref_val.jsonl"), help="Validation pairs."),
+    out: Path = typer.Option(Path("models/dpo"), help="Output model directory."),
+    metrics: Path = typer.Option(Path("metrics/dpo.json"), help="Metrics file."),
+    plots: Path = typer.Option(Path("plots/dpo"), help="Training curves (dvclive) directory."),
+):
+    """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
+    from .training.dpo import train_dpo
+
+    m = train_dpo(sft_model, base, train, val, out, metrics, plots, _params(params).dpo)
+    v = m["validation"]
+    typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
+               f"{v['rewards/accuracies']:.3f} -> {out}")
+
+
+@app.command("pref-eval")
+def pref_eval(
+    params: Path = ParamsOpt,
+    pairs: Path = typer.Option(Path("data/processed/pref_test.jsonl"), help="Held-out preference pairs."),
+    base: Path = typer.Option(Path("models/base"), help="Base model (for LoRA adapters)."),
+    out: Path = typer.Option(Path("metrics/pref_accuracy.json"), help="Metrics file."),
+):
+    """Held-out preference accuracy of base, sft and dpo (log-likelihood; DPO implicit reward)."""
+    from .evaluation.preference import preference_accuracy
+
+    r = preference_accuracy(pairs, base, out, _params(params))
+    accs = ", ".join(f"{k} {v['value']:.3f}" for k, v in r["loglik_accuracy"].items())
+    typer.echo(f"{r['pairs']} pairs: loglik accuracy {accs}; dpo reward accuracy "
+               f"{r['dpo_reward_accuracy']['value']:.3f} -> {out}")
+
+
 def _model_dir(params, name: str) -> Path:
     if name not in params.models:
         raise DetoxError(f"model {name!r} is not in params.yaml `models` ({', '.join(params.models)})")

@@ -136,10 +136,118 @@ class ReportParams(Strict):
     n_examples: PositiveInt  # most toxic continuations shown per model
 
 
+class LoraParams(Strict):
+    enabled: bool  # false = full fine-tuning (every weight trained; needs quantization: none)
+    r: PositiveInt  # rank of the low-rank update
+    alpha: PositiveInt  # scaling: the update is multiplied by alpha / r
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    target_modules: list[str] | Literal["all-linear"]  # module names to adapt, or every linear layer but the head
+
+
+class TrainParams(Strict):
+    """Knobs shared by the TRL stages (sft, dpo)."""
+
+    seed: int
+    max_steps: PositiveInt | None  # optimizer steps; null = train for `epochs`
+    epochs: Annotated[float, Field(gt=0)]  # used only when max_steps is null
+    batch_size: PositiveInt  # sequences (sft) or pairs (dpo) per forward pass
+    grad_accum: PositiveInt  # forward passes per optimizer step
+    lr: Annotated[float, Field(gt=0)]
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of the steps with a linear warm-up
+    max_length: PositiveInt  # tokens of prompt + response; longer sequences keep their start
+    logging_steps: PositiveInt  # a point on the training curves every this many steps
+    save_steps: PositiveInt  # checkpoint (for resuming an interrupted run) every this many steps
+    checkpoint_dir: str  # trainer checkpoints, outside the DVC outputs; removed once the stage succeeds
+    quantization: Literal["none", "4bit", "8bit"]  # 4bit/8bit = QLoRA via bitsandbytes (CUDA only)
+    bf16: bool  # bfloat16 mixed precision (GPUs; leave false on CPU)
+    gradient_checkpointing: bool  # (activation checkpointing) trade compute for memory: long sequences, big models
+    lora: LoraParams
+
+    @model_validator(mode="after")
+    def _quantized_needs_lora(self):
+        if self.quantization != "none" and not self.lora.enabled:
+            raise ValueError(f"quantization {self.quantization!r} needs lora.enabled: true "
+                             "(a quantized model can only be trained through adapters)")
+        return self
+
+
+class SFTParams(TrainParams):
+    merge: bool  # LoRA only: write the adapter merged into the base (a full model dir) instead of the adapter
+
+
+class DPOParams(TrainParams):
+    beta: Annotated[float, Field(gt=0)]  # strength of the pull towards the reference (SFT) model
+    loss_type: Literal["sigmoid", "ipo", "hinge"]  # sigmoid = DPO (Rafailov et al.), ipo = IPO (Azar et al.)
+    eval_steps: PositiveInt  # evaluate on the validation pairs every this many steps
+    eval_pairs: PositiveInt | None  # validation pairs used (the first n of pref_val); null = all
+
+
+class PrefEvalParams(Strict):
+    max_pairs: PositiveInt | None  # held-out pairs scored (the first n of pref_test); null = all
+    batch_size: PositiveInt  # pairs per forward pass
+
+
+class PPOLoraParams(Strict):  # PPO is LoRA-only: its reference is the adapter-disabled model
+    r: PositiveInt
+    alpha: Annotated[float, Field(gt=0)]
+    dropout: Fraction
+    target_modules: list[str]
+
+
+class KLParams(Strict):
+    coef: Annotated[float, Field(ge=0)]  # initial (or fixed) coefficient of the per-token KL penalty
+    adaptive: bool  # Ziegler et al.'s proportional controller towards `target`
+    target: Annotated[float, Field(gt=0)]  # target KL (nats per response) for the adaptive controller
+    horizon: PositiveInt  # samples over which the controller moves the coefficient
+
+
+class CVaRParams(Strict):
+    enabled: bool  # RA-RLHF: train on the alpha-worst samples of each batch by return
+    alpha: Annotated[float, Field(gt=0, le=1)]  # target tail share
+    anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
+
+
+class RewardParams(Strict):
+    source: Literal["toxicity"]  # 1 - judge toxicity of the response
+    judge: JudgeName
+
+
+class PPOParams(Strict):
+    seed: int
+    steps: PositiveInt  # PPO iterations: a rollout batch, then `epochs` passes over it
+    batch_size: PositiveInt  # prompts per rollout (one response each)
+    minibatch_size: PositiveInt
+    grad_accum_steps: PositiveInt
+    epochs: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    max_new_tokens: PositiveInt
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    lora: PPOLoraParams
+    kl: KLParams
+    gamma: Fraction
+    lam: Fraction
+    clip_range: Annotated[float, Field(gt=0)]
+    clip_range_value: Annotated[float, Field(gt=0)]
+    vf_coef: Annotated[float, Field(ge=0)]
+    entropy_coef: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    whiten_advantages: bool
+    missing_eos_penalty: Annotated[float, Field(ge=0)] | None  # subtracted from the score without EOS
+    reward: RewardParams
+    cvar: CVaRParams
+    checkpoint_every: NonNegInt  # steps between resumable checkpoints (0 = none)
+    mixed_precision: Literal["no", "fp16", "bf16"]
+
+
 class Params(Strict):
     raw_data: RawDataParams
     base_model: BaseModelParams
     prepare: PrepareParams
+    sft: SFTParams
+    dpo: DPOParams
+    pref_eval: PrefEvalParams
     # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
     # adapter dir on top of models/base). Adding a model is one line here.
     models: dict[str, str]

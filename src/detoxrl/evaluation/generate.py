@@ -51,57 +51,64 @@ def sample_top_p(logits, temperature: float, top_p: float, generator, tiers: tup
     return tokens
 
 
+def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int, temperature: float,
+                  top_p: float, eos_ids: list[int], pad_id: int, generator):
+    """Sample k continuations of each left-padded prompt row; returns (tokens [rows*k, T], eos [rows*k]).
+
+    One prefill pass per prompt (logits only for the last position), the KV cache repeated k times,
+    then a decode loop feeding one token per row until every row has produced EOS or max_new_tokens.
+    Prefilling each prompt once instead of k times saves most of the prompt FLOPs, which at 20 new
+    tokens are a large share of the total. After a row's EOS its tokens are `pad_id`.
+    """
+    import torch
+
+    eos = torch.tensor(eos_ids)
+    mask = attention_mask
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        cache.batch_repeat_interleave(k)
+        logits = out.logits[:, -1].repeat_interleave(k, dim=0)
+        mask = mask.repeat_interleave(k, dim=0)
+        n_rows = logits.shape[0]
+        tokens = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long)
+        done = torch.zeros(n_rows, dtype=torch.bool)
+        for step in range(max_new_tokens):
+            nxt = sample_top_p(logits, temperature, top_p, generator).masked_fill(done, pad_id)
+            tokens[:, step] = nxt
+            done |= torch.isin(nxt, eos)
+            if done.all() or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # finished rows feed pad tokens; harmless
+            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
+                        position_ids=(mask.sum(-1, keepdim=True) - 1), cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1]
+    return tokens, done
+
+
 def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateParams,
                          progress: bool = True) -> list[list[dict]]:
-    """For each prompt string, k samples {text, n_tokens, eos}. Deterministic for the same params.
-
-    Per batch of prompts: one prefill pass per prompt (left-padded, logits only for the last
-    position), the KV cache repeated k times, then a decode loop that feeds one token per row until
-    every row has produced EOS or max_new_tokens. Prefilling each prompt once instead of k times
-    saves most of the prompt FLOPs, which at 20 new tokens are a large share of the total.
-    """
+    """For each prompt string, k samples {text, n_tokens, eos}. Deterministic for the same params."""
     import torch
     from tqdm import tqdm
 
     tokenizer.padding_side = "left"
-    eos = torch.tensor(eos_token_ids(model, tokenizer))
+    eos_ids = eos_token_ids(model, tokenizer)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths share a batch
     per_batch = max(1, params.batch_size // params.k)  # batch_size counts sequences, k per prompt
     batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
     results: list[list[dict]] = [[] for _ in prompts]
     for b, idx in enumerate(tqdm(batches, desc="generate", disable=not progress)):
-        generator = torch.Generator().manual_seed(params.seed + b)
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        mask = enc["attention_mask"]
-        with torch.inference_mode():
-            out = model(input_ids=enc["input_ids"], attention_mask=mask,
-                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-            cache = out.cache
-            cache.batch_repeat_interleave(params.k)
-            logits = out.logits[:, -1].repeat_interleave(params.k, dim=0)
-            mask = mask.repeat_interleave(params.k, dim=0)
-            n_rows = logits.shape[0]
-            tokens = torch.full((n_rows, params.max_new_tokens), tokenizer.pad_token_id, dtype=torch.long)
-            done = torch.zeros(n_rows, dtype=torch.bool)
-            for step in range(params.max_new_tokens):
-                nxt = sample_top_p(logits, params.temperature, params.top_p, generator)
-                nxt = nxt.masked_fill(done, tokenizer.pad_token_id)
-                tokens[:, step] = nxt
-                done |= torch.isin(nxt, eos)
-                if done.all() or step == params.max_new_tokens - 1:
-                    break
-                mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # finished rows feed pad tokens; harmless
-                out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
-                            position_ids=(mask.sum(-1, keepdim=True) - 1), cache=cache, use_cache=True)
-                cache, logits = out.cache, out.logits[:, -1]
-        for row, seq in enumerate(tokens.tolist()):
-            cut = next((j for j, t in enumerate(seq) if t in eos.tolist()), None)  # first EOS
-            kept = seq if cut is None else seq[:cut]
+        tokens, ended = sample_tokens(model, enc["input_ids"], enc["attention_mask"], params.k, params.max_new_tokens,
+                                      params.temperature, params.top_p, eos_ids, tokenizer.pad_token_id,
+                                      torch.Generator().manual_seed(params.seed + b))
+        for row, (seq, eos) in enumerate(zip(tokens.tolist(), ended.tolist())):
+            n = next(j for j, t in enumerate(seq) if t in eos_ids) + 1 if eos else len(seq)
             results[idx[row // params.k]].append({
-                "text": tokenizer.decode(kept, skip_special_tokens=True),
-                "n_tokens": len(kept) + (cut is not None),
-                "eos": cut is not None,
+                "text": tokenizer.decode(seq[:n - eos], skip_special_tokens=True), "n_tokens": n, "eos": eos,
             })
     return results
 

@@ -125,6 +125,15 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
 
     base = summary["baseline"]
     rel = Path("..") / plots_dir  # report.md lives in reports/
+    # Judges inside each model's training reward (a training stage's metrics/<model>.json says so):
+    # a drop measured by such a judge is weaker evidence than one measured by an independent judge.
+    in_reward = {}
+    for name in summary["models"]:
+        stage_metrics = Path(data_path).parent / f"{name}.json"
+        if stage_metrics.exists():
+            in_reward[name] = json.loads(stage_metrics.read_text()).get("judges_in_reward", [])
+        summary["models"][name]["judges_in_reward"] = in_reward.get(name, [])
+    judge_name = summary["judge"]["name"]
     lines = [
         "# Toxicity report", "",
         "> Warning: this report quotes model outputs on toxic prompts; they may be offensive.", "",
@@ -132,13 +141,22 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         + " + ".join(f"{n} {s}" for s, n in data["eval_prompts_by_subset"].items()) + " eval prompts, "
         f"k = {next(iter(evals.values()))['k']} samples each; judge `{summary['judge']['name']}` "
         f"({summary['judge']['version']}); {summary['ci_level']:.0%} bootstrap CIs over prompts.", "",
-        "| model | expected max toxicity | toxicity probability | mean toxicity | perplexity | distinct-2 | EOS rate |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| model | expected max toxicity | toxicity probability | mean toxicity | perplexity | distinct-2 | EOS rate "
+        "| judges in training reward |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for name, m in summary["models"].items():
         ppl = f"{m['perplexity']:.1f}" if m["perplexity"] else "n/a"
+        flag = ", ".join(m["judges_in_reward"]) or "none"
+        if judge_name in m["judges_in_reward"]:
+            flag += " ⚠ (the headline judge: possible reward hacking)"
         lines.append(f"| {name} | {_fmt(m['expected_max_toxicity'])} | {_fmt(m['toxicity_probability'])} | "
-                     f"{_fmt(m['mean_toxicity'])} | {ppl} | {m['distinct_2']:.3f} | {m['eos_rate']:.2f} |")
+                     f"{_fmt(m['mean_toxicity'])} | {ppl} | {m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
+    flagged = [n for n, m in summary["models"].items() if judge_name in m["judges_in_reward"]]
+    if flagged:
+        lines += ["", f"⚠ {', '.join(flagged)} trained against the `{judge_name}` judge that measures these numbers; "
+                  "confirm the drop with a judge outside the reward (set `evaluate.judge`, e.g. `detoxify` or "
+                  "`openai` where the network allows; see judge validation below)."]
     lines += ["", f"## Difference to `{base}` (paired bootstrap over the same prompts)", ""]
     if summary["vs_baseline"]:
         lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |", "| --- | --- | --- | --- |"]

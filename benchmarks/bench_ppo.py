@@ -1,0 +1,96 @@
+"""PPO (this repo) against TRL's GRPOTrainer: samples per second on the same task, in one run.
+
+Same model (models/base + LoRA r=16), same prompts (data/processed/ppo_prompts.jsonl), 16
+completions per optimisation batch (PPO: 16 prompts x 1; GRPO: 4 prompts x 4 generations), same
+completion length, same reward (1 - offline judge toxicity), KL to the reference on in both, and
+matched optimisation passes per sample (PPO epochs = GRPO num_iterations). Prints samples/s of
+each and the ratio, then the peak resident memory of the process.
+
+  python benchmarks/bench_ppo.py [--steps 4] [--passes 1,4] [--tokens 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LORA = dict(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"])
+
+
+def reward_source():
+    from detoxrl.params import load_params
+    from detoxrl.scoring import make_judge
+    from detoxrl.scoring.rewards import ToxicityReward
+
+    return ToxicityReward(make_judge("offline", load_params(ROOT / "params.yaml").judges), cache=None)
+
+
+def run_ppo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
+    from detoxrl.params import PPOParams
+    from detoxrl.training.ppo import train_ppo
+
+    params = PPOParams(
+        seed=0, steps=steps, batch_size=16, minibatch_size=16, grad_accum_steps=1, epochs=passes, lr=2e-4,
+        max_new_tokens=tokens, temperature=1.0, top_p=1.0, lora=LORA,
+        kl=dict(coef=0.05, adaptive=False, target=6.0, horizon=10000), gamma=1.0, lam=0.95, clip_range=0.2,
+        clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
+        missing_eos_penalty=None, reward=dict(source="toxicity", judge="offline"),
+        cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0, mixed_precision="no")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        train_ppo(ROOT / "models/base", ROOT / "models/base", prompts, tmp / "out", tmp / "m.json", tmp / "plots",
+                  tmp / "ckpt", params, reward_source(), lambda text, tok: text, progress=False)
+        return steps * 16 / (time.perf_counter() - t)
+
+
+def run_grpo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    reward = reward_source()
+    texts = [json.loads(line)["text"] for line in prompts.read_text().splitlines()]
+
+    def toxicity_reward(completions, **_):
+        return reward.score([], completions)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(output_dir=tmp, max_steps=steps * passes, per_device_train_batch_size=16,
+                          num_generations=4, num_iterations=passes, max_completion_length=tokens, learning_rate=2e-4,
+                          beta=0.05, temperature=1.0, top_p=1.0, report_to=[], logging_steps=1000, save_strategy="no",
+                          use_cpu=True, seed=0, disable_tqdm=True)
+        trainer = GRPOTrainer(model=str(ROOT / "models/base"), reward_funcs=toxicity_reward, args=args,
+                              train_dataset=Dataset.from_dict({"prompt": texts}),
+                              peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
+                                                     target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
+        t = time.perf_counter()
+        trainer.train()
+        return steps * 16 / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=4, help="optimisation batches of 16 completions")
+    ap.add_argument("--passes", default="1,4")
+    ap.add_argument("--tokens", type=int, default=24)
+    args = ap.parse_args()
+    prompts = ROOT / "data/processed/ppo_prompts.jsonl"
+    peak = None
+    for passes in (int(x) for x in args.passes.split(",")):
+        ppo = run_ppo(args.steps, passes, args.tokens, prompts)
+        if peak is None:  # PPO runs first, so this is the PPO stage's own peak
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        grpo = run_grpo(args.steps, passes, args.tokens, prompts)
+        print(f"passes={passes}: PPO {ppo:.2f} samples/s, GRPO {grpo:.2f} samples/s, PPO/GRPO = {ppo / grpo:.2f}x")
+    print(f"peak resident memory of the PPO run (process, incl. model and judge): {peak:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

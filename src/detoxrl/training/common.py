@@ -1,0 +1,157 @@
+"""What the TRL stages share: LoRA/QLoRA setup, trainer arguments, resumable checkpoints, curves, metrics.
+
+Resuming: the trainer checkpoints every `save_steps` into `checkpoint_dir` (outside the DVC outputs). A rerun
+resumes from the newest checkpoint there, provided it was written for the same params and inputs: a fingerprint
+of both is stored beside the checkpoints, and a mismatch discards them (a changed lr must not resume an old run).
+The checkpoints are removed once the stage has written its outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+from .. import DetoxError
+from ..params import LoraParams, TrainParams
+
+# Trainer log keys that are timings or bookkeeping, not curves.
+_NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
+               "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+
+def quantization_config(params: TrainParams, stage: str):
+    """A BitsAndBytesConfig for 4bit/8bit (QLoRA), or None. Fails with one sentence before anything loads."""
+    if params.quantization == "none":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DetoxError(f"{stage}.quantization: {params.quantization} (QLoRA via bitsandbytes) needs a CUDA GPU and "
+                         f"this machine has none; set {stage}.quantization: none to train without quantization")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise DetoxError(f"{stage}.quantization: {params.quantization} needs the bitsandbytes package "
+                         "(pip install bitsandbytes)") from None
+    from transformers import BitsAndBytesConfig
+
+    if params.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if params.bf16 else torch.float16)
+
+
+def load_model(path: str | Path, quant_config):
+    """A causal LM from an HF dir, quantized on load if asked (then prepared for k-bit training)."""
+    from transformers import AutoModelForCausalLM
+
+    if quant_config is None:
+        return AutoModelForCausalLM.from_pretrained(path)
+    from peft import prepare_model_for_kbit_training
+
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant_config, device_map={"": 0})
+    return prepare_model_for_kbit_training(model)
+
+
+def lora_config(lora: LoraParams):
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def trainer_args(params: TrainParams) -> dict:
+    """TrainingArguments shared by SFTConfig and DPOConfig, from the params block."""
+    return dict(
+        output_dir=params.checkpoint_dir, seed=params.seed, data_seed=params.seed,
+        max_steps=params.max_steps or -1, num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size, per_device_eval_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr,
+        lr_scheduler_type=params.lr_scheduler, warmup_steps=params.warmup_ratio,  # < 1: a ratio of the steps
+        max_length=params.max_length, bf16=params.bf16, activation_checkpointing=params.gradient_checkpointing,
+        logging_steps=params.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=params.save_steps, save_total_limit=2,
+        report_to="none",  # curves go through DVCLiveCurves (below), stepped by global_step
+        dataloader_num_workers=0,
+    )
+
+
+def fingerprint(params: TrainParams, inputs: list[str | Path]) -> str:
+    """Hash of the params block and the inputs (data files by content, model dirs by name/size/mtime)."""
+    h = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode())
+    for path in map(Path, inputs):
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in (f for f in files if f.is_file()):
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+            if f.suffix == ".jsonl":
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def resume_checkpoint(checkpoint_dir: str | Path, fp: str) -> str | None:
+    """The newest checkpoint written for this fingerprint, or None (stale checkpoints are removed)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt, stamp = Path(checkpoint_dir), Path(checkpoint_dir) / "fingerprint.txt"
+    if ckpt.is_dir() and (not stamp.exists() or stamp.read_text() != fp):
+        print(f"{ckpt}: discarding checkpoints written for other params or inputs")
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    last = get_last_checkpoint(str(ckpt))
+    if last:
+        print(f"resuming from {last}")
+    return last
+
+
+def make_curves_callback(plots_dir: str | Path):
+    """A TrainerCallback writing each trainer log to dvclive TSVs under plots_dir (stepped by global_step)."""
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    os.environ.setdefault("DVC_STUDIO_OFFLINE", "true")  # never post to DVC Studio
+
+    class DVCLiveCurves(TrainerCallback):
+        """Unlike transformers' DVCLiveCallback, rows are keyed by the trainer's global_step (train and eval rows
+        line up), and a resumed run first replays the history restored from its checkpoint, so the curves are
+        whole. dvclive writes no dvc.yaml and saves no experiment: the pipeline declares plots_dir itself."""
+
+        def __init__(self):
+            self.live = Live(str(plots_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+
+        def _log(self, step: int, logs: dict):
+            self.live.step = step
+            for key, value in logs.items():
+                if key not in _NOT_CURVES and key != "step" and isinstance(value, (int, float)):
+                    name = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                    self.live.log_metric(name, value)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            for logs in state.log_history:  # non-empty only when resuming from a checkpoint
+                self._log(logs["step"], logs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._log(state.global_step, logs or {})
+
+    return DVCLiveCurves()
+
+
+def train_metrics(trainer, output) -> dict:
+    """Stable summary keys from a finished trainer: steps, mean and last training loss."""
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    loss = output.training_loss
+    if not math.isfinite(loss) or not losses or not all(map(math.isfinite, losses)):
+        raise DetoxError(f"training diverged (loss {loss}); lower lr or check the data")
+    return {"steps": trainer.state.global_step, "train_loss": loss, "final_loss": losses[-1]}
+
+
+def parameter_counts(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_parameters": trainable, "parameters": sum(p.numel() for p in model.parameters())}

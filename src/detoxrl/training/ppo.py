@@ -1,0 +1,348 @@
+"""PPO for language models, written to be read top to bottom (after CleanRL's ppo.py).
+
+TRL removed its PPOTrainer, and it required the reward model to share the policy's tokenizer; this
+loop takes any text reward (`scoring.rewards.RewardSource`). The implementation details follow
+"The N Implementation Details of RLHF with PPO" (Huang et al.) and Ziegler et al. (2019):
+
+  1. Rollout: sample one response per prompt from the current policy (temperature, top-p), cut at
+     EOS; the reward source scores the decoded response; optional penalty for no EOS.
+  2. Reference: the frozen policy we started from. The policy is that model plus a LoRA adapter,
+     so the reference is the same weights with the adapter disabled: no second copy in memory.
+  3. Per-token reward: -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) on every response token,
+     plus the score on the last token. The KL coefficient is fixed or adaptive (target, horizon).
+  4. Value head: a linear layer on the policy's last hidden state, sharing its trunk (one forward
+     pass yields logits and values; on 2 CPU cores a separate value model would double the cost).
+  5. GAE (gamma, lambda) over response tokens, returns = advantages + values, advantages whitened.
+  6. Optimisation: `epochs` passes over shuffled minibatches; clipped policy loss, clipped value
+     loss, optional entropy bonus, gradient clipping. Log-probs use the rollout temperature.
+  7. Risk-averse option (RA-RLHF, CVaR): train only on the alpha-worst samples of each batch by
+     return, alpha annealed linearly from 1 to its target.
+
+An `accelerate.Accelerator` owns the device, mixed precision and gradient accumulation, so the same
+loop runs under `accelerate launch`; on this CPU it is one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import DetoxError
+from ..io import atomic_dir, read_jsonl, write_json
+
+
+# ---------------------------------------------------------------------------------------------
+# The math, as small pure functions (unit-tested on hand-computed values)
+# ---------------------------------------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the valid (mask = 1) entries; invalid entries become 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                      mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards [B, T]: the KL penalty on every valid token, plus the score on the last valid token.
+
+    Returns (rewards, kl) where kl = logprobs - ref_logprobs on valid tokens (the k1 estimator).
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's valid tokens; returns (advantages, returns).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; past the last
+    valid token V and A are 0 (the episode has ended).
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(rewards.shape[0])
+    next_adv = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
+    """Clipped surrogate objective (as a loss), the clip fraction and the approximate KL."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    clip_frac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
+    approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # the k3 estimator of KL(old || new)
+    return masked_mean(loss, mask), clip_frac, approx_kl
+
+
+def value_loss(values, old_values, returns, mask, clip_range: float):
+    """Clipped value loss: the larger of the plain and the clipped squared error, halved."""
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    loss = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def cvar_alpha(step: int, target: float, anneal_steps: int) -> float:
+    """RA-RLHF's schedule: alpha goes linearly from 1 (the whole batch) to `target` over anneal_steps."""
+    if anneal_steps <= 0:
+        return target
+    return 1.0 + (target - 1.0) * min(step / anneal_steps, 1.0)
+
+
+def cvar_select(returns: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Indices of the ceil(alpha * n) samples with the lowest return (the CVaR_alpha tail)."""
+    n = max(1, math.ceil(alpha * len(returns)))
+    return torch.argsort(returns, stable=True)[:n]
+
+
+@dataclass
+class KLController:
+    """Fixed, or adaptive as in Ziegler et al.: coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
+    coef: float
+    target: float | None
+    horizon: int
+
+    def update(self, kl: float, n_samples: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + error * n_samples / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy with a value head on the shared trunk
+# ---------------------------------------------------------------------------------------------
+
+class PolicyWithValue(nn.Module):
+    """A causal LM with a LoRA adapter (the policy) and a scalar value head on its last hidden state."""
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.policy = peft_model
+        hidden = peft_model.get_base_model().config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, n_prompt: int, temperature: float, with_values: bool = True):
+        """Log-probs of the response tokens (positions >= n_prompt), their entropy and values.
+
+        The LM head runs only on the positions that predict response tokens.
+        """
+        lm = self.policy.get_base_model()
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids).last_hidden_state
+        h = hidden[:, n_prompt - 1:-1]  # the state before each response token
+        logits = lm.lm_head(h).float() / temperature
+        logp_all = F.log_softmax(logits, dim=-1)
+        logprobs = logp_all.gather(-1, input_ids[:, n_prompt:, None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        values = self.value_head(h.float()).squeeze(-1) if with_values else None
+        return logprobs, entropy, values
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+STAT_KEYS = ("reward/score_mean", "reward/score_std", "reward/non_score", "objective/kl", "objective/kl_coef",
+             "policy/entropy", "loss/policy", "loss/value", "loss/total", "policy/clip_frac", "policy/approx_kl",
+             "value/explained_variance", "value/error", "returns/var", "response/length", "response/eos_rate",
+             "cvar/alpha", "time/step_s")
+
+
+def _fingerprint(params, sft_dir: Path, prompts_path: Path) -> str:
+    import hashlib
+
+    blob = json.dumps(params.model_dump(), sort_keys=True) + str(sft_dir) + str(prompts_path.stat().st_size)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_dir: str | Path,
+              metrics_path: str | Path, plots_dir: str | Path, checkpoint_dir: str | Path, params,
+              reward, prompt_format, progress: bool = True) -> dict:
+    """Run PPO from the SFT model; write the merged policy to out_dir and final stats to metrics_path.
+
+    `reward` is a RewardSource; `prompt_format(text, tokenizer) -> str` builds the model input for
+    an RTP prompt, the same way evaluation does.
+    """
+    from accelerate import Accelerator
+    from dvclive import Live
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm import tqdm
+
+    from ..evaluation.generate import sample_tokens
+    from ..models.load import eos_token_ids, load_for_inference
+
+    p = params
+    sft_dir, prompts_path, checkpoint_dir = Path(sft_dir), Path(prompts_path), Path(checkpoint_dir)
+    torch.manual_seed(p.seed)
+    accelerator = Accelerator(mixed_precision=p.mixed_precision, gradient_accumulation_steps=p.grad_accum_steps)
+
+    # --- models: SFT weights (frozen) + a fresh LoRA adapter = policy; adapter disabled = reference
+    base_model, tokenizer = load_for_inference(sft_dir, base_dir)
+    lora = LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
+                      target_modules=list(p.lora.target_modules), task_type="CAUSAL_LM")
+    model = PolicyWithValue(get_peft_model(base_model, lora))
+    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=p.lr, eps=1e-5)
+    kl_ctl = KLController(p.kl.coef, p.kl.target if p.kl.adaptive else None, p.kl.horizon)
+    eos_ids, pad_id = eos_token_ids(base_model, tokenizer), tokenizer.pad_token_id
+    tokenizer.padding_side = "left"
+
+    prompts = [prompt_format(r["text"], tokenizer) for r in read_jsonl(prompts_path)]
+    if len(prompts) < p.batch_size:
+        raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than ppo.batch_size={p.batch_size}")
+    order_rng = random.Random(p.seed)
+
+    # --- resume from the last periodic checkpoint of a run with the same params
+    start_step, fingerprint = 0, _fingerprint(p, sft_dir, prompts_path)
+    state_file = checkpoint_dir / "state.pt"
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        if state["fingerprint"] == fingerprint:
+            set_peft_model_state_dict(model.policy, state["adapter"])
+            model.value_head.load_state_dict(state["value_head"])
+            optimizer.load_state_dict(state["optimizer"])
+            kl_ctl.coef, start_step = state["kl_coef"], state["step"]
+            order_rng.setstate(state["order_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            print(f"ppo: resuming from step {start_step} ({state_file})")
+        else:
+            shutil.rmtree(checkpoint_dir)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    live = Live(dir=str(plots_dir), resume=start_step > 0, dvcyaml=None, save_dvc_exp=False, report=None)
+
+    def next_batch() -> list[str]:
+        return [prompts[i] for i in order_rng.sample(range(len(prompts)), p.batch_size)]
+
+    stats: dict[str, float] = {}
+    for step in tqdm(range(start_step, p.steps), desc="ppo", disable=not progress, initial=start_step,
+                     total=p.steps):
+        t0 = time.perf_counter()
+        # 1. rollout ------------------------------------------------------------------------------
+        enc = tokenizer(next_batch(), return_tensors="pt", padding=True, add_special_tokens=False)
+        model.eval()
+        generator = torch.Generator().manual_seed(p.seed * 100_003 + step)
+        responses, ended = sample_tokens(unwrapped.policy, enc["input_ids"], enc["attention_mask"], 1,
+                                         p.max_new_tokens, p.temperature, p.top_p, eos_ids, pad_id, generator)
+        first_eos = torch.isin(responses, torch.tensor(eos_ids)).float().argmax(1)
+        resp_len = torch.where(ended, first_eos + 1, responses.shape[1])  # EOS counts as an action
+        mask = (torch.arange(responses.shape[1])[None] < resp_len[:, None]).float()
+        texts = [tokenizer.decode(r[:n - int(e)], skip_special_tokens=True)
+                 for r, n, e in zip(responses.tolist(), resp_len.tolist(), ended.tolist())]
+        scores = torch.tensor(reward.score([], texts), dtype=torch.float32)
+        if not torch.isfinite(scores).all():
+            raise DetoxError(f"ppo step {step}: the reward source {reward.name} returned NaN/inf scores")
+        if p.missing_eos_penalty is not None:
+            scores = scores - p.missing_eos_penalty * (~ended).float()
+
+        # 2. old log-probs, values and reference log-probs (adapter disabled) -------------------
+        input_ids = torch.cat([enc["input_ids"], responses], dim=1)
+        attn = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+        n_prompt = enc["input_ids"].shape[1]
+        with torch.no_grad():
+            old_logprobs, _, old_values = model(input_ids, attn, n_prompt, p.temperature)
+            with unwrapped.policy.disable_adapter():
+                ref_logprobs, _, _ = model(input_ids, attn, n_prompt, p.temperature, with_values=False)
+
+        # 3. per-token rewards, GAE, whitening ---------------------------------------------------
+        rewards, kl = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.coef)
+        advantages, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
+        if p.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 4. CVaR: keep the alpha-worst samples by return (off: alpha = 1 keeps all) --------------
+        alpha = cvar_alpha(step, p.cvar.alpha, p.cvar.anneal_steps) if p.cvar.enabled else 1.0
+        keep = cvar_select(rewards.sum(1), alpha)
+
+        # 5. PPO epochs over minibatches ---------------------------------------------------------
+        model.train()
+        epoch_stats = []
+        for _ in range(p.epochs):
+            perm = keep[torch.randperm(len(keep))]
+            for mb in perm.split(p.minibatch_size):
+                with accelerator.accumulate(model):
+                    logprobs, entropy, values = model(input_ids[mb], attn[mb], n_prompt, p.temperature)
+                    m = mask[mb]
+                    pg, clip_frac, approx_kl = policy_loss(logprobs, old_logprobs[mb], advantages[mb], m, p.clip_range)
+                    vf = value_loss(values, old_values[mb], returns[mb], m, p.clip_range_value)
+                    ent = masked_mean(entropy, m)
+                    loss = pg + p.vf_coef * vf - p.entropy_coef * ent
+                    if not torch.isfinite(loss):
+                        raise DetoxError(f"ppo step {step}: the loss is {loss.item()} (NaN/inf); lower ppo.lr?")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), p.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                epoch_stats.append([pg.item(), vf.item(), loss.item(), clip_frac.item(), approx_kl.item(), ent.item()])
+
+        # 6. statistics, KL control, checkpoint ------------------------------------------------
+        mean_kl = kl.sum(1).mean().item()
+        kl_ctl_coef = kl_ctl.coef
+        kl_ctl.update(mean_kl, p.batch_size)
+        pg_m, vf_m, loss_m, cf_m, akl_m, ent_m = torch.tensor(epoch_stats).mean(0).tolist()
+        valid = mask.bool()
+        ret_valid, val_valid = returns[valid], old_values[valid]
+        stats = {
+            "reward/score_mean": scores.mean().item(), "reward/score_std": scores.std().item(),
+            "reward/non_score": (rewards.sum(1) - scores).mean().item(),
+            "objective/kl": mean_kl, "objective/kl_coef": kl_ctl_coef,
+            "policy/entropy": ent_m, "loss/policy": pg_m, "loss/value": vf_m, "loss/total": loss_m,
+            "policy/clip_frac": cf_m, "policy/approx_kl": akl_m,
+            "value/explained_variance": (1 - (ret_valid - val_valid).var() / ret_valid.var().clamp(min=1e-8)).item(),
+            "value/error": ((ret_valid - val_valid) ** 2).mean().item(),
+            "returns/var": ret_valid.var().item(),
+            "response/length": resp_len.float().mean().item(), "response/eos_rate": ended.float().mean().item(),
+            "cvar/alpha": alpha, "time/step_s": time.perf_counter() - t0,
+        }
+        for key in STAT_KEYS:
+            live.log_metric(key, stats[key], plot=True)
+        live.next_step()
+        if p.checkpoint_every and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"fingerprint": fingerprint, "step": step + 1,
+                        "adapter": get_peft_model_state_dict(unwrapped.policy),
+                        "value_head": unwrapped.value_head.state_dict(), "optimizer": optimizer.state_dict(),
+                        "kl_coef": kl_ctl.coef, "order_rng": order_rng.getstate(),
+                        "torch_rng": torch.get_rng_state()}, checkpoint_dir / "state.tmp")
+            (checkpoint_dir / "state.tmp").replace(state_file)
+
+    # --- save the policy (adapter merged into the SFT weights) as a plain HF model dir
+    live.end()
+    merged = unwrapped.policy.merge_and_unload()
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "ppo_info.json").write_text(json.dumps(
+            {"reward": reward.name, "judges_in_reward": reward.judges, "init": str(sft_dir), "steps": p.steps},
+            indent=2) + "\n")
+    final = {"steps": p.steps, "reward_source": reward.name, "judges_in_reward": reward.judges,
+             **{k.replace("/", "_"): v for k, v in stats.items()}}
+    write_json(metrics_path, final)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return final

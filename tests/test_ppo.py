@@ -1,0 +1,180 @@
+import json
+import math
+
+import pytest
+import torch
+
+from detoxrl import DetoxError
+from detoxrl.params import PPOParams
+from detoxrl.training import ppo as P
+from tiny import build_tiny_char_model
+
+
+def test_per_token_rewards_put_kl_on_every_token_and_score_on_the_last():
+    scores = torch.tensor([2.0])
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the response ended at t = 1
+    rewards, kl = P.per_token_rewards(scores, logprobs, ref, mask, kl_coef=0.1)
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 2.0, 0.0]]))
+
+
+def test_gae_hand_computed():
+    values = torch.tensor([[0.5, 0.5, 0.5]])
+    adv, ret = P.gae(torch.tensor([[0.0, 0.0, 1.0]]), values, torch.ones(1, 3), gamma=1.0, lam=0.5)
+    assert torch.allclose(adv, torch.tensor([[0.125, 0.25, 0.5]]))
+    assert torch.allclose(ret, torch.tensor([[0.625, 0.75, 1.0]]))
+    # a padded tail contributes nothing: neither its reward nor its value
+    adv, ret = P.gae(torch.tensor([[0.0, 1.0, 9.0]]), values, torch.tensor([[1.0, 1.0, 0.0]]), gamma=1.0, lam=0.5)
+    assert torch.allclose(adv, torch.tensor([[0.25, 0.5, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[0.75, 1.0, 0.0]]))
+    # gamma discounts the next value
+    adv, _ = P.gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 0.0]]), torch.ones(1, 2), gamma=0.9, lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[0.9, 1.0]]))
+
+
+def test_whitening_ignores_padding():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    w = P.masked_whiten(x, mask)
+    valid = w[mask.bool()]
+    assert valid.mean().abs() < 1e-6 and (valid.pow(2).mean() - 1).abs() < 1e-4
+    assert torch.allclose(valid, torch.tensor([-1.3416, -0.4472, 0.4472, 1.3416]), atol=1e-4)
+    assert (w[~mask.bool()] == 0).all()
+
+
+def test_clipped_policy_loss():
+    mask = torch.ones(1, 1)
+    old = torch.zeros(1, 1)
+    up = torch.log(torch.tensor([[1.5]]))
+    loss, clip_frac, approx_kl = P.policy_loss(up, old, torch.ones(1, 1), mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(-1.2)  # positive advantage: the gain is clipped at 1.2
+    assert clip_frac.item() == 1.0 and approx_kl.item() == pytest.approx(0.5 - math.log(1.5))
+    loss, _, _ = P.policy_loss(up, old, -torch.ones(1, 1), mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(1.5)  # negative advantage: the pessimistic, unclipped term
+    loss, clip_frac, approx_kl = P.policy_loss(old, old, torch.tensor([[2.0]]), mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(-2.0) and clip_frac.item() == 0 and approx_kl.item() == 0
+
+
+def test_clipped_value_loss():
+    mask = torch.ones(1, 1)
+    loss = P.value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.5 * 0.8 ** 2)  # the clipped prediction (0.2) is the worse one
+    loss = P.value_loss(torch.tensor([[0.1]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.5 * 0.9 ** 2)
+
+
+def test_cvar_schedule_and_selection():
+    assert [P.cvar_alpha(s, 0.2, 10) for s in (0, 5, 10, 20)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert P.cvar_alpha(3, 0.4, 0) == 0.4
+    returns = torch.tensor([3.0, 1.0, 2.0, 0.0, 5.0])
+    assert P.cvar_select(returns, 0.4).tolist() == [3, 1]
+    assert P.cvar_select(returns, 0.01).tolist() == [3]  # at least one sample
+    assert sorted(P.cvar_select(returns, 1.0).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_adaptive_kl_controller():
+    ctl = P.KLController(coef=0.1, target=6.0, horizon=100)
+    ctl.update(kl=12.0, n_samples=16)
+    assert ctl.coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))  # error clipped at +0.2
+    ctl.update(kl=4.5, n_samples=16)
+    assert ctl.coef == pytest.approx(0.1 * 1.032 * (1 - 0.25 * 0.16 * 0.8))  # error 4.5/6 - 1 = -0.25 -> -0.2
+    fixed = P.KLController(coef=0.1, target=None, horizon=100)
+    fixed.update(kl=100.0, n_samples=16)
+    assert fixed.coef == 0.1
+
+
+class LetterReward:
+    """A trivially learnable reward: the share of the letter "a" in the response."""
+    name, judges = "letter_a", []
+
+    def score(self, prompts, responses):
+        return [t.count("a") / max(len(t), 1) for t in responses]
+
+
+def ppo_params(**kw) -> PPOParams:
+    d = dict(seed=0, steps=12, batch_size=16, minibatch_size=4, grad_accum_steps=1, epochs=4, lr=3e-3,
+             max_new_tokens=8, temperature=1.0, top_p=1.0,
+             lora=dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]),
+             kl=dict(coef=0.01, adaptive=False, target=6.0, horizon=1000), gamma=1.0, lam=0.95, clip_range=0.2,
+             clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
+             missing_eos_penalty=None, reward=dict(source="toxicity", judge="offline"),
+             cvar=dict(enabled=False, alpha=0.5, anneal_steps=5), checkpoint_every=0, mixed_precision="no")
+    d.update(kw)
+    return PPOParams(**d)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_char_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "ppo_prompts.jsonl"
+    words = ["The", "A man", "She said", "Why", "Our city", "When the", "It is", "They"]
+    path.write_text("".join(json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n" for i, w in enumerate(words * 3)))
+    return path
+
+
+def run(tiny_dir, prompts, tmp_path, params, reward=None):
+    return P.train_ppo(tiny_dir, tiny_dir, prompts, tmp_path / "out", tmp_path / "ppo.json", tmp_path / "plots",
+                       tmp_path / "ckpt", params, reward or LetterReward(), lambda text, tok: text, progress=False)
+
+
+def test_short_run_raises_a_learnable_reward(tiny_dir, prompts, tmp_path):
+    final = run(tiny_dir, prompts, tmp_path, ppo_params())
+    history = [float(line.split("\t")[-1]) for line in
+               (tmp_path / "plots" / "plots" / "metrics" / "reward" / "score_mean.tsv").read_text().splitlines()[1:]]
+    assert len(history) == 12
+    first, last = sum(history[:3]) / 3, sum(history[-3:]) / 3
+    assert last > first + 0.2, history  # measured: about 0.06 -> 0.44
+    assert set(json.loads((tmp_path / "ppo.json").read_text())) >= {"reward_score_mean", "objective_kl", "policy_entropy",
+                                                                    "loss_value", "policy_clip_frac", "response_eos_rate"}
+    assert final["judges_in_reward"] == []
+    # the saved policy is a plain HF dir that evaluation can load
+    from detoxrl.models.load import load_for_inference
+    model, _ = load_for_inference(tmp_path / "out", tiny_dir)
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+    assert not (tmp_path / "ckpt").exists()  # checkpoints are cleaned on success
+
+
+def test_nan_reward_stops_with_the_step(tiny_dir, prompts, tmp_path):
+    class NaNReward(LetterReward):
+        name = "nan"
+
+        def score(self, prompts, responses):
+            return [float("nan")] * len(responses)
+
+    with pytest.raises(DetoxError, match=r"ppo step 0: the reward source nan returned NaN/inf"):
+        run(tiny_dir, prompts, tmp_path, ppo_params(steps=2), NaNReward())
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
+    class Interrupt(LetterReward):
+        calls = 0
+
+        def score(self, prompts, responses):
+            Interrupt.calls += 1
+            if Interrupt.calls == 4:
+                raise KeyboardInterrupt  # the machine stops during step 3
+            return super().score(prompts, responses)
+
+    params = ppo_params(steps=5, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_dir, prompts, tmp_path, params, Interrupt())
+    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "out").exists()
+    counted = LetterReward()
+    calls = []
+    counted.score = lambda p, r: calls.append(1) or LetterReward().score(p, r)
+    run(tiny_dir, prompts, tmp_path, params, counted)
+    assert len(calls) == 3  # steps 2, 3, 4 only
+    assert (tmp_path / "out" / "config.json").exists()
+
+
+def test_cvar_trains_on_the_worst_samples(tiny_dir, prompts, tmp_path):
+    final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=3, cvar=dict(enabled=True, alpha=0.25, anneal_steps=2)))
+    assert final["cvar_alpha"] == pytest.approx(0.25)
