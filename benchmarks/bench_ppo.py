@@ -41,7 +41,7 @@ def run_ppo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
         kl=dict(coef=0.05, adaptive=False, target=6.0, horizon=10000), gamma=1.0, lam=0.95, clip_range=0.2,
         clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
         missing_eos_penalty=None, reward=dict(source="toxicity", judge="offline"),
-        cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0, mixed_precision="no")
+        cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0, mixed_precision="none")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()

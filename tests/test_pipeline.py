@@ -40,8 +40,9 @@ def repo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     out = run(["dvc", "repro"], repo)
-    for stage in ("base_model", "prepare", "sft", "dpo", "pref_eval", "generate@base", "generate@sft", "generate@dpo",
-                  "evaluate@base", "evaluate@sft", "evaluate@dpo", "validate_judges", "report"):
+    for stage in ("base_model", "prepare", "sft", "dpo", "ppo", "pref_eval", "generate@base", "generate@sft",
+                  "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
+                  "validate_judges", "report"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -52,7 +53,10 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     assert ev["n_prompts"] == 10 and 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
     judges = json.loads((repo / "metrics" / "judges.json").read_text())["judges"]
     assert judges["offline"]["auroc"] > 0.7 and "skipped" in judges["openai"] and "skipped" in judges["detoxify"]
-    assert "| base |" in (repo / "reports" / "report.md").read_text()
+    report_md = (repo / "reports" / "report.md").read_text()
+    assert "| base |" in report_md
+    assert "| ppo |" in report_md and "offline ⚠ (the headline judge" in report_md  # PPO trained on that judge
+    assert json.loads((repo / "metrics" / "ppo.json").read_text())["judges_in_reward"] == ["offline"]
     # SFT and DPO: models, metrics, training curves; checkpoints gone once the stages succeeded.
     assert (repo / "models" / "sft" / "adapter_config.json").exists()
     assert (repo / "models" / "dpo" / "model.safetensors").exists()
@@ -63,9 +67,10 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     assert set(pref["loglik_accuracy"]) == {"base", "sft", "dpo"} and "dpo_reward_accuracy" in pref
     assert (repo / "plots" / "dpo" / "plots" / "metrics" / "eval" / "rewards" / "margins.tsv").exists()
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
-    assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo"}
+    assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo", "ppo"}
     plots = run(["dvc", "plots", "show", "--json"], repo)
     assert "plots/sft/plots/metrics/train/loss.tsv" in plots and "plots/dpo/plots/metrics/train/grad_norm.tsv" in plots
+    assert "plots/ppo/plots/metrics/objective/kl.tsv" in plots
     shown = run(["dvc", "metrics", "show"], repo)
     assert "eval_prompts" in shown and "expected_max_toxicity" in shown
     assert "metrics/dpo.json" in shown and "rewards/accuracies" in shown and "loglik_accuracy" in shown

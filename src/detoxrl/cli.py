@@ -189,6 +189,22 @@ def report(params: Path = ParamsOpt):
     typer.echo("wrote metrics/summary.json, plots/, reports/report.md")
 
 
+@app.command()
+def ppo(params: Path = ParamsOpt):
+    """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo."""
+    from .evaluation.generate import format_prompt
+    from .scoring import ScoreCache, make_judge
+    from .scoring.rewards import ToxicityReward
+    from .training.ppo import train_ppo
+
+    p = _params(params)
+    reward = ToxicityReward(make_judge(p.ppo.reward.judge, p.judges), ScoreCache(p.judges.cache_dir))
+    final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", "models/ppo",
+                      "metrics/ppo.json", "plots/ppo", ".cache/checkpoints/ppo", p.ppo, reward,
+                      lambda text, tok: format_prompt(text, tok, p.generate))
+    typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}")
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOpt):
     """Validate a params file against the schema."""

@@ -238,7 +238,7 @@ class PPOParams(Strict):
     reward: RewardParams
     cvar: CVaRParams
     checkpoint_every: NonNegInt  # steps between resumable checkpoints (0 = none)
-    mixed_precision: Literal["no", "fp16", "bf16"]
+    mixed_precision: Literal["none", "fp16", "bf16"]  # "none", not "no": YAML rewrites a bare no as false
 
 
 class Params(Strict):
@@ -248,6 +248,7 @@ class Params(Strict):
     sft: SFTParams
     dpo: DPOParams
     pref_eval: PrefEvalParams
+    ppo: PPOParams
     # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
     # adapter dir on top of models/base). Adding a model is one line here.
     models: dict[str, str]

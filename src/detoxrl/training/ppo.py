@@ -200,7 +200,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     p = params
     sft_dir, prompts_path, checkpoint_dir = Path(sft_dir), Path(prompts_path), Path(checkpoint_dir)
     torch.manual_seed(p.seed)
-    accelerator = Accelerator(mixed_precision=p.mixed_precision, gradient_accumulation_steps=p.grad_accum_steps)
+    accelerator = Accelerator(mixed_precision="no" if p.mixed_precision == "none" else p.mixed_precision, gradient_accumulation_steps=p.grad_accum_steps)
 
     # --- models: SFT weights (frozen) + a fresh LoRA adapter = policy; adapter disabled = reference
     base_model, tokenizer = load_for_inference(sft_dir, base_dir)
