@@ -75,6 +75,7 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
     except BaseException:
         os.unlink(tmp)
         raise
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; outputs should read like any file
     os.replace(tmp, target)
 
 
