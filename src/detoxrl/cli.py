@@ -22,6 +22,9 @@ app = typer.Typer(
 )
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
+# Options several stage commands share.
+BaseOpt = typer.Option(Path("models/base"), help="Base model directory (LoRA adapters load over it).")
+EvalPromptsOpt = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Held-out eval prompts.")
 
 
 def _params(path: Path):
@@ -72,7 +75,7 @@ def fetch_raw_cmd(
 @app.command()
 def sft(
     params: Path = ParamsOpt,
-    base: Path = typer.Option(Path("models/base"), help="Base model directory."),
+    base: Path = BaseOpt,
     data: Path = typer.Option(Path("data/processed/sft.jsonl"), help="SFT dialogues."),
     out: Path = typer.Option(Path("models/sft"), help="Output model directory."),
     metrics: Path = typer.Option(Path("metrics/sft.json"), help="Metrics file."),
@@ -89,7 +92,7 @@ def sft(
 def dpo(
     params: Path = ParamsOpt,
     sft_model: Path = typer.Option(Path("models/sft"), "--sft", help="SFT model (start point and reference)."),
-    base: Path = typer.Option(Path("models/base"), help="Base model (for a LoRA SFT adapter)."),
+    base: Path = BaseOpt,
     train: Path = typer.Option(Path("data/processed/pref_train.jsonl"), help="Training pairs."),
     val: Path = typer.Option(Path("data/processed/pref_val.jsonl"), help="Validation pairs."),
     out: Path = typer.Option(Path("models/dpo"), help="Output model directory."),
@@ -109,7 +112,7 @@ def dpo(
 def pref_eval(
     params: Path = ParamsOpt,
     pairs: Path = typer.Option(Path("data/processed/pref_test.jsonl"), help="Held-out preference pairs."),
-    base: Path = typer.Option(Path("models/base"), help="Base model (for LoRA adapters)."),
+    base: Path = BaseOpt,
     out: Path = typer.Option(Path("metrics/pref_accuracy.json"), help="Metrics file."),
 ):
     """Held-out preference accuracy of base, sft and dpo (log-likelihood; DPO implicit reward)."""
@@ -131,8 +134,8 @@ def _model_dir(params, name: str) -> Path:
 def generate(
     model: str = typer.Argument(..., help="A model name from params.yaml `models`."),
     params: Path = ParamsOpt,
-    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
-    base: Path = typer.Option(Path("models/base"), help="Base model (for LoRA adapters)."),
+    prompts: Path = EvalPromptsOpt,
+    base: Path = BaseOpt,
     out_dir: Path = typer.Option(Path("data/generations"), help="Output directory."),
 ):
     """Sample k continuations per held-out RTP prompt -> data/generations/<model>.jsonl."""
@@ -147,8 +150,8 @@ def generate(
 def evaluate(
     model: str = typer.Argument(..., help="A model name from params.yaml `models`."),
     params: Path = ParamsOpt,
-    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
-    base: Path = typer.Option(Path("models/base"), help="Reference model for perplexity."),
+    prompts: Path = EvalPromptsOpt,
+    base: Path = BaseOpt,
     generations: Path = typer.Option(Path("data/generations"), help="Generations directory."),
     metrics_dir: Path = typer.Option(Path("metrics/eval"), help="Metrics directory."),
     scores_dir: Path = typer.Option(Path("data/scores"), help="Per-sample scores directory."),
@@ -168,7 +171,7 @@ def evaluate(
 @app.command("validate-judges")
 def validate_judges_cmd(
     params: Path = ParamsOpt,
-    prompts: Path = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Eval prompts."),
+    prompts: Path = EvalPromptsOpt,
     out: Path = typer.Option(Path("metrics/judges.json"), help="Output metrics file."),
 ):
     """Agreement (AUROC, Spearman) of each judge with the Perspective scores of the eval texts."""
