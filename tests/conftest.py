@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,60 @@ def raw_dir() -> Path:
     if not (RAW / "hh-rlhf" / "harmless-base-test.jsonl.gz").exists():
         pytest.fail("raw data missing: run `make setup` (it runs `dvc pull data/raw`)")
     return RAW
+
+
+# The smoke-profile workspace shared by the end-to-end tests (test_pipeline.py, test_workflow.py): the real
+# `dvc pull` + `dvc repro` runs once per session (about 6 min), in a temporary git repo holding a copy of the
+# project's files. Tests that change it reset it to the committed baseline (`reset_workspace`) or copy it.
+SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw"]
+GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def run(cmd, cwd, check=True, env=None) -> str:
+    """Run a command (list, or str through the shell); stdout + stderr; an AssertionError with both on failure."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
+                          shell=isinstance(cmd, str))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+@dataclass
+class SmokeWorkspace:
+    path: Path
+    first_repro: str  # what the `dvc repro` that built every stage printed
+
+    def reset(self) -> None:
+        """Back to the committed baseline: params/dvc.lock/metrics from git, outputs from the DVC cache."""
+        run(["git", "reset", "-q", "--hard"], self.path)
+        run(["dvc", "checkout", "-q", "--force"], self.path)
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
+    """A git repo (branch `main`) with the smoke profile committed, then `dvc repro` run and its results committed.
+
+    DETOXRL_SMOKE_WORKSPACE=<dir> reuses such a repo built earlier (to iterate on one slow test; the first test of
+    test_pipeline.py, which reads the building run's output, then fails).
+    """
+    if os.environ.get("DETOXRL_SMOKE_WORKSPACE"):
+        return SmokeWorkspace(Path(os.environ["DETOXRL_SMOKE_WORKSPACE"]), "")
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    for rel in SMOKE_COPY:
+        src, dst = ROOT / rel, repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl", "*.gz"))
+        else:
+            shutil.copy(src, dst)
+    run("git init -q -b main && git add -A", repo)
+    run(["git", *GIT_ID, "commit", "-qm", "init"], repo)
+    # The team remote, as a teammate's clone sees it; --local keeps the absolute path out of git.
+    run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], repo)
+    run(["dvc", "pull", "-q", "-R", "data/raw"], repo)
+    run(["detoxrl", "use-profile", "profiles/smoke.yaml"], repo)
+    run(["git", *GIT_ID, "commit", "-qam", "smoke profile"], repo)
+    first = run(["dvc", "repro"], repo)
+    run("git add -A", repo)
+    run(["git", *GIT_ID, "commit", "-qm", "smoke baseline: dvc.lock, metrics, plots"], repo)
+    return SmokeWorkspace(repo, first)

@@ -37,7 +37,9 @@ def gen_rows(toxic_for: set[str]):
 def params(tmp_path, **evaluate_overrides) -> Params:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["judges"]["cache_dir"] = str(tmp_path / "cache")
+    data["judges"]["trained_dir"] = str(tmp_path / "no-judge")  # no train_judge output: raw offline scores
     data["models"] = {"base": "models/base", "tuned": "models/tuned"}
+    data["report"]["compare"] = []
     data["evaluate"].update(bootstrap_samples=300, **evaluate_overrides)
     data["validate_judges"]["judges"] = ["offline", "openai"]
     return Params.model_validate(data)
@@ -66,6 +68,10 @@ def test_evaluate_metrics_and_scores(tiny_dir, tmp_path, monkeypatch):
     assert t["challenging"]["expected_max_toxicity"]["value"] == pytest.approx(tox[TOXIC])
     assert res["length"] == {"mean_tokens": 7.0, "eos_rate": 0.5}
     assert res["k"] == 2 and res["n_prompts"] == 4
+    # no train_judge output here: raw offline scores, the trained judges listed as skipped
+    assert res["judge"]["calibrated"] is False and res["by_judge"]["offline"]["toxicity"] == t
+    assert "train_judge" in res["by_judge"]["perspective_distilled"]["skipped"] and "skipped" in res["by_judge"]["ensemble"]
+    assert all(r["judges"] == {"offline": r["toxicity"]} for r in scored)
 
     # fluency = exp(total NLL / total tokens) of continuations given prompts, under the reference model
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
@@ -112,8 +118,10 @@ def test_validate_judges_reports_skips(tmp_path, monkeypatch):
 def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     p = params(tmp_path)
+    p = p.model_copy(update={"models": {"base": "models/base", "sft": "models/sft", "tuned": "models/tuned"},
+                             "report": p.report.model_copy(update={"compare": ["sft"]})})
     (tmp_path / "eval").mkdir()
-    for name, toxic in (("base", {"p0", "p1", "p2"}), ("tuned", {"p0"})):
+    for name, toxic in (("base", {"p0", "p1", "p2"}), ("sft", {"p0", "p1"}), ("tuned", {"p0"})):
         write_jsonl(tmp_path / f"{name}.gen.jsonl", gen_rows(toxic))
         evaluate(name, tmp_path / f"{name}.gen.jsonl", tmp_path / "prompts.jsonl", tiny_dir,
                  tmp_path / "eval" / f"{name}.json", tmp_path / "scores" / f"{name}.jsonl", p)
@@ -124,8 +132,12 @@ def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     d = summary["vs_baseline"]["tuned"]
     assert d["toxicity_probability"]["value"] == pytest.approx(-0.5)  # 3 of 4 prompts toxic -> 1 of 4
     assert d["expected_max_toxicity"]["value"] < 0 and d["expected_max_toxicity"]["ci_high"] <= 0
-    assert set(summary["models"]) == {"base", "tuned"} and "base" not in summary["vs_baseline"]
+    assert set(summary["models"]) == {"base", "sft", "tuned"} and "base" not in summary["vs_baseline"]
+    # paired against sft too, by every judge that scored the rows: 2 of 4 prompts toxic -> 1 of 4
+    assert summary["vs_models"]["sft"]["tuned"]["offline"]["toxicity_probability"]["value"] == pytest.approx(-0.25)
+    assert set(summary["vs_models"]["sft"]) == {"tuned"}  # neither the reference nor the baseline
     md = (tmp_path / "reports" / "report.md").read_text()
+    assert "## Difference to `sft`, by judge" in md and "| tuned | offline |" in md
     assert "| tuned |" in md and "## Difference to `base`" in md and "skipped:" in md
     assert "2 challenging + 2 nontoxic eval prompts" in md
     assert "fuck you" in md  # the most toxic continuation is quoted

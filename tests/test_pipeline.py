@@ -1,15 +1,12 @@
 """End to end: the real `dvc pull` + `dvc repro` on the smoke profile, in a temporary copy of the repo."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED, cli_env
-
-COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw"]
+from conftest import cli_env
 
 
 def run(cmd, cwd, check=True):
@@ -20,29 +17,19 @@ def run(cmd, cwd, check=True):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    for rel in COPY:
-        src, dst = ROOT / rel, repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl", "*.gz"))
-        else:
-            shutil.copy(src, dst)
-    run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", repo)
-    # The team remote, as a teammate's clone sees it; --local keeps the absolute path out of git.
-    run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], repo)
-    run(["dvc", "pull", "-q", "-R", "data/raw"], repo)
-    run(["detoxrl", "use-profile", "profiles/smoke.yaml"], repo)
-    return repo
+def repo(smoke_workspace) -> Path:
+    """The session's smoke workspace (tests/conftest.py): pulled, smoke profile, `dvc repro` run and committed."""
+    smoke_workspace.reset()
+    return smoke_workspace.path
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
-    out = run(["dvc", "repro"], repo)
-    for stage in ("base_model", "prepare", "sft", "dpo", "ppo", "pref_eval", "generate@base", "generate@sft",
+def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_workspace):
+    out = smoke_workspace.first_repro  # the `dvc repro` that built every stage
+    for stage in ("base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo", "pref_eval",
+                  "generate@base", "generate@sft",
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
-                  "validate_judges", "report"):
+                  "validate_judges", "train_judge", "report"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -53,10 +40,19 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     assert ev["n_prompts"] == 10 and 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
     judges = json.loads((repo / "metrics" / "judges.json").read_text())["judges"]
     assert judges["offline"]["auroc"] > 0.7 and "skipped" in judges["openai"] and "skipped" in judges["detoxify"]
+    assert judges["perspective_distilled"]["auroc"] > 0.7 and judges["ensemble"]["calibrated"]
+    judge_train = json.loads((repo / "metrics" / "judge_train.json").read_text())
+    assert judge_train["data"]["training_records"] == 150 and judge_train["heldout"]["auroc"] > 0.7  # smoke cap
+    assert ev["judge"]["calibrated"] and set(ev["by_judge"]) >= {"offline", "perspective_distilled", "ensemble"}
+    assert (repo / "plots" / "judge_calibration.png").read_bytes()[:4] == b"\x89PNG"
     report_md = (repo / "reports" / "report.md").read_text()
     assert "| base |" in report_md
-    assert "| ppo |" in report_md and "offline ⚠ (the headline judge" in report_md  # PPO trained on that judge
-    assert json.loads((repo / "metrics" / "ppo.json").read_text())["judges_in_reward"] == ["offline"]
+    assert "| ppo |" in report_md and "⚠ (measures these numbers" not in report_md  # reward: not the headline judge
+    assert "## Reward / judge overlap" in report_md and "| ppo | perspective_distilled | `offline` " in report_md
+    assert "judge_calibration.png" in report_md
+    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
+    assert ppo["judges_in_reward"] == ["perspective_distilled"] and ppo["reward_source"].startswith("composite:")
+    assert "## Difference to `sft`, by judge" in report_md and "## Reward model" in report_md
     # SFT and DPO: models, metrics, training curves; checkpoints gone once the stages succeeded.
     assert (repo / "models" / "sft" / "adapter_config.json").exists()
     assert (repo / "models" / "dpo" / "model.safetensors").exists()
@@ -66,6 +62,12 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo):
     pref = json.loads((repo / "metrics" / "pref_accuracy.json").read_text())
     assert set(pref["loglik_accuracy"]) == {"base", "sft", "dpo"} and "dpo_reward_accuracy" in pref
     assert (repo / "plots" / "dpo" / "plots" / "metrics" / "eval" / "rewards" / "margins.tsv").exists()
+    # Reward model: trained (merged, loadable as a sequence classifier), evaluated on held-out pairs.
+    assert (repo / "models" / "reward" / "detoxrl_reward.json").exists()
+    assert json.loads((repo / "metrics" / "reward_train.json").read_text())["steps"] == 2
+    rm = json.loads((repo / "metrics" / "reward_model.json").read_text())
+    assert rm["pairs"] == 6 and 0 <= rm["accuracy"]["value"] <= 1 and rm["judge_agreement"]["judge"] == "offline"
+    assert (repo / "plots" / "reward_model" / "rewards.png").exists()
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo", "ppo"}
     plots = run(["dvc", "plots", "show", "--json"], repo)

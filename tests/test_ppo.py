@@ -1,12 +1,14 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from detoxrl import DetoxError
-from detoxrl.params import PPOParams
+from detoxrl.params import PPOParams, load_params
 from detoxrl.training import ppo as P
+from conftest import ROOT
 from tiny import build_tiny_char_model
 
 
@@ -99,7 +101,7 @@ def ppo_params(**kw) -> PPOParams:
              lora=dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]),
              kl=dict(coef=0.01, adaptive=False, target=6.0, horizon=1000), gamma=1.0, lam=0.95, clip_range=0.2,
              clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
-             missing_eos_penalty=None, reward=dict(source="toxicity", judge="offline"),
+             missing_eos_penalty=None, reward=load_params(ROOT / "params.yaml").ppo.reward.model_dump(),
              cvar=dict(enabled=False, alpha=0.5, anneal_steps=5), checkpoint_every=0, mixed_precision="none")
     d.update(kw)
     return PPOParams(**d)
@@ -167,12 +169,16 @@ def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
         run(tiny_dir, prompts, tmp_path, params, Interrupt())
     assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "out").exists()
+    shutil.rmtree(tmp_path / "plots")  # as DVC does: a stage's plot outputs are deleted before it reruns
     counted = LetterReward()
     calls = []
     counted.score = lambda p, r: calls.append(1) or LetterReward().score(p, r)
     run(tiny_dir, prompts, tmp_path, params, counted)
     assert len(calls) == 3  # steps 2, 3, 4 only
     assert (tmp_path / "out" / "config.json").exists()
+    # the curves are whole: steps 0-1 replayed from the checkpoint, then 2-4
+    rows = (tmp_path / "plots" / "plots" / "metrics" / "objective" / "kl.tsv").read_text().splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in rows] == [0, 1, 2, 3, 4]
 
 
 def test_cvar_trains_on_the_worst_samples(tiny_dir, prompts, tmp_path):

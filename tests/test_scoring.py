@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from detoxrl import DetoxError
-from detoxrl.params import DetoxifyParams, JudgesParams, OpenAIJudgeParams
+from detoxrl.params import DetoxifyParams, DistilledJudgeParams, EnsembleParams, JudgesParams, OpenAIJudgeParams
 from detoxrl.scoring import Judge, ScoreCache, make_judge, score_texts
 
 API_KEY = "sk-test-SECRET-0123456789"
@@ -25,6 +25,9 @@ def judges_params(cache_dir: Path, detoxify_model: str = "original", **openai) -
     oa.update(openai)
     return JudgesParams(
         cache_dir=str(cache_dir),
+        trained_dir=str(cache_dir / "judge"),
+        perspective_distilled=DistilledJudgeParams(batch_size=16),
+        ensemble=EnsembleParams(members=["offline", "perspective_distilled"]),
         detoxify=DetoxifyParams(model=detoxify_model, batch_size=2),
         openai=OpenAIJudgeParams(**oa),
     )

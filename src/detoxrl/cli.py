@@ -25,6 +25,9 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Params file to r
 # Options several stage commands share.
 BaseOpt = typer.Option(Path("models/base"), help="Base model directory (LoRA adapters load over it).")
 EvalPromptsOpt = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="Held-out eval prompts.")
+TrainPairsOpt = typer.Option(Path("data/processed/pref_train.jsonl"), help="Training preference pairs.")
+ValPairsOpt = typer.Option(Path("data/processed/pref_val.jsonl"), help="Validation preference pairs.")
+TestPairsOpt = typer.Option(Path("data/processed/pref_test.jsonl"), help="Held-out preference pairs.")
 
 
 def _params(path: Path):
@@ -93,8 +96,8 @@ def dpo(
     params: Path = ParamsOpt,
     sft_model: Path = typer.Option(Path("models/sft"), "--sft", help="SFT model (start point and reference)."),
     base: Path = BaseOpt,
-    train: Path = typer.Option(Path("data/processed/pref_train.jsonl"), help="Training pairs."),
-    val: Path = typer.Option(Path("data/processed/pref_val.jsonl"), help="Validation pairs."),
+    train: Path = TrainPairsOpt,
+    val: Path = ValPairsOpt,
     out: Path = typer.Option(Path("models/dpo"), help="Output model directory."),
     metrics: Path = typer.Option(Path("metrics/dpo.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/dpo"), help="Training curves (dvclive) directory."),
@@ -111,7 +114,7 @@ def dpo(
 @app.command("pref-eval")
 def pref_eval(
     params: Path = ParamsOpt,
-    pairs: Path = typer.Option(Path("data/processed/pref_test.jsonl"), help="Held-out preference pairs."),
+    pairs: Path = TestPairsOpt,
     base: Path = BaseOpt,
     out: Path = typer.Option(Path("metrics/pref_accuracy.json"), help="Metrics file."),
 ):
@@ -122,6 +125,41 @@ def pref_eval(
     accs = ", ".join(f"{k} {v['value']:.3f}" for k, v in r["loglik_accuracy"].items())
     typer.echo(f"{r['pairs']} pairs: loglik accuracy {accs}; dpo reward accuracy "
                f"{r['dpo_reward_accuracy']['value']:.3f} -> {out}")
+
+
+@app.command("reward-model")
+def reward_model(
+    params: Path = ParamsOpt,
+    base: Path = BaseOpt,
+    train: Path = TrainPairsOpt,
+    val: Path = ValPairsOpt,
+    out: Path = typer.Option(Path("models/reward"), help="Output model directory."),
+    metrics: Path = typer.Option(Path("metrics/reward_train.json"), help="Metrics file."),
+    plots: Path = typer.Option(Path("plots/reward_model/train"), help="Training curves (dvclive) directory."),
+):
+    """Pairwise (Bradley-Terry) reward model on preference pairs (TRL RewardTrainer, LoRA by default)."""
+    from .training.reward_model import train_reward_model
+
+    m = train_reward_model(base, train, val, out, metrics, plots, _params(params).reward_model)
+    typer.echo(f"reward_model: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation accuracy "
+               f"{m['validation'].get('accuracy', float('nan')):.3f} -> {out}")
+
+
+@app.command("eval-reward-model")
+def eval_reward_model(
+    params: Path = ParamsOpt,
+    model: Path = typer.Option(Path("models/reward"), help="Reward model directory."),
+    pairs: Path = TestPairsOpt,
+    out: Path = typer.Option(Path("metrics/reward_model.json"), help="Metrics file."),
+    plots: Path = typer.Option(Path("plots/reward_model"), help="Reward distribution plot directory."),
+):
+    """Held-out pairwise accuracy of the reward model (with CI), by prompt length, and its agreement with a judge."""
+    from .evaluation.reward_eval import evaluate_reward_model
+
+    r = evaluate_reward_model(model, pairs, out, plots, _params(params))
+    a = r["accuracy"]
+    typer.echo(f"reward model: accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] on {r['pairs']} "
+               f"pairs -> {out}")
 
 
 def _model_dir(params, name: str) -> Path:
@@ -173,13 +211,33 @@ def validate_judges_cmd(
     params: Path = ParamsOpt,
     prompts: Path = EvalPromptsOpt,
     out: Path = typer.Option(Path("metrics/judges.json"), help="Output metrics file."),
+    plots: Path = typer.Option(Path("plots"), help="Directory for the judge reliability curves."),
 ):
-    """Agreement (AUROC, Spearman) of each judge with the Perspective scores of the eval texts."""
+    """Agreement (AUROC, Spearman) and calibration of each judge against the Perspective scores of the eval texts."""
     from .evaluation.validate_judges import validate_judges as run
 
-    for name, r in run(prompts, out, _params(params))["judges"].items():
+    for name, r in run(prompts, out, _params(params), plots)["judges"].items():
         typer.echo(f"{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else
                                   f"AUROC {r['auroc']:.3f}, Spearman {r['spearman']:.3f}"))
+
+
+@app.command("train-judge")
+def train_judge_cmd(
+    params: Path = ParamsOpt,
+    rtp: Path = typer.Option(Path("data/raw/real-toxicity-prompts"), help="Raw RTP files (challenging, nontoxic)."),
+    prompts: Path = EvalPromptsOpt,
+    out: Path = typer.Option(None, help="Output judge directory (default: judges.trained_dir)."),
+    metrics: Path = typer.Option(Path("metrics/judge_train.json"), help="Metrics file."),
+):
+    """Train the perspective_distilled judge on non-eval RTP texts, and calibrate judges to Perspective."""
+    from .scoring.train_judge import train_judge
+
+    p = _params(params)
+    out = out or Path(p.judges.trained_dir)
+    m = train_judge(rtp, prompts, out, metrics, p)
+    h = m["heldout"]
+    typer.echo(f"judge: {m['data']['texts']} texts, held-out AUROC {h['auroc']:.3f}, Spearman {h['spearman']:.3f}, "
+               f"{m['seconds']['total']:.0f} s -> {out}")
 
 
 @app.command()
@@ -196,12 +254,11 @@ def report(params: Path = ParamsOpt):
 def ppo(params: Path = ParamsOpt):
     """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo."""
     from .evaluation.generate import format_prompt
-    from .scoring import ScoreCache, make_judge
-    from .scoring.rewards import ToxicityReward
+    from .scoring.rewards import make_reward
     from .training.ppo import train_ppo
 
     p = _params(params)
-    reward = ToxicityReward(make_judge(p.ppo.reward.judge, p.judges), ScoreCache(p.judges.cache_dir))
+    reward = make_reward(p)
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", "models/ppo",
                       "metrics/ppo.json", "plots/ppo", ".cache/checkpoints/ppo", p.ppo, reward,
                       lambda text, tok: format_prompt(text, tok, p.generate))
@@ -223,6 +280,39 @@ def use_profile(profile: Path = typer.Argument(..., help="A partial params file,
 
     apply_profile(params, profile)
     typer.echo(f"{params}: applied {profile}")
+
+
+@app.command("check-repro")
+def check_repro_cmd(
+    stage: str = typer.Argument(..., help="A dvc.yaml stage with metrics, e.g. ppo or evaluate@ppo."),
+    rev: str = typer.Option("HEAD", help="Git revision holding the committed metrics to compare with."),
+    rtol: float = typer.Option(0.0, help="Relative tolerance per number (0 = identical; CPU runs are)."),
+    atol: float = typer.Option(0.0, help="Absolute tolerance per number."),
+):
+    """Rerun a stage with unchanged params (dvc repro --force) and compare its metrics with the committed ones."""
+    from .repro_check import check_repro
+
+    result = check_repro(stage, rev, rtol, atol, echo=typer.echo)
+    if result.ignored:
+        typer.echo(f"not compared (wall-clock): {', '.join(result.ignored)}")
+    if not result.ok:
+        typer.echo(f"{stage}: NOT reproduced, {len(result.different)} of {result.compared} values differ "
+                   f"(rtol={rtol}, atol={atol}):")
+        for line in result.different:
+            typer.echo(f"  {line}")
+        raise typer.Exit(1)
+    how = "identical" if result.max_rel_diff == 0 else f"within rtol={rtol}, atol={atol} " \
+        f"(max relative difference {result.max_rel_diff:.2e})"
+    typer.echo(f"{stage}: reproduced, {result.compared} values {how}")
+
+
+@app.command("plots-template")
+def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"), help="Template to write.")):
+    """Write an offline HTML template for `dvc plots show/diff` (Vega libraries inlined, fetched with npm)."""
+    from .plots_page import build_offline_template
+
+    build_offline_template(out)
+    typer.echo(f"{out}: use it with `dvc plots show --html-template {out}`")
 
 
 def main() -> None:

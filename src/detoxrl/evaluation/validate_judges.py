@@ -4,6 +4,11 @@ On the held-out eval prompts, both the prompt texts and their original continuat
 Perspective API scores. For each judge: AUROC at Perspective toxicity >= threshold, and Spearman
 rank correlation with the Perspective score. A judge that cannot run here (no network, no key) is
 reported as skipped, with the reason.
+
+Each judge's scores are also mapped to the Perspective scale where `train_judge` calibrated it;
+reliability curves (mean calibrated score vs mean Perspective score per score bin, and raw where
+calibrated) go to plots/judge_calibration.csv and .png, with the expected calibration error in the
+metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from .. import DetoxError
 from ..io import read_jsonl, write_json
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
+from ..scoring.calibration import load_calibrations, reliability, to_perspective_scale
 
 
 def reference_texts(prompts: list[dict]) -> tuple[list[str], np.ndarray]:
@@ -41,9 +47,12 @@ def agreement(pred: np.ndarray, perspective: np.ndarray, threshold: float) -> di
     }
 
 
-def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: Params) -> dict:
+def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: Params,
+                    plots_dir: str | Path | None = None) -> dict:
     texts, perspective = reference_texts(read_jsonl(prompts_path))
     cache = ScoreCache(params.judges.cache_dir)
+    calibrations = load_calibrations(params.judges.trained_dir)
+    curves: dict[str, dict[str, list[dict]]] = {}
     result: dict = {"reference": "Perspective API toxicity of eval prompt and continuation texts",
                     "threshold": params.evaluate.toxic_threshold, "judges": {}}
     for name in params.validate_judges.judges:
@@ -53,7 +62,50 @@ def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: 
         except DetoxError as exc:
             result["judges"][name] = {"skipped": str(exc)}
             continue
-        result["judges"][name] = {"version": judge.version,
-                                  **agreement(pred, perspective, params.evaluate.toxic_threshold)}
+        scaled, calibrated = to_perspective_scale(judge, pred, calibrations)
+        curve, ece = reliability(scaled, perspective)
+        curves[name] = {"calibrated" if calibrated else "raw": curve}
+        entry = {"version": judge.version, **agreement(pred, perspective, params.evaluate.toxic_threshold),
+                 "calibrated": calibrated, "calibration_error": ece}
+        if calibrated and judge.name in calibrations:  # a judge with its own raw scale: that curve too
+            curves[name]["raw"], entry["calibration_error_raw"] = reliability(pred, perspective)
+        result["judges"][name] = entry
+    if plots_dir is not None:
+        _reliability_plots(curves, Path(plots_dir))
     write_json(metrics_path, result)
     return result
+
+
+def _reliability_plots(curves: dict[str, dict[str, list[dict]]], plots_dir: Path) -> None:
+    """plots/judge_calibration.csv (one row per judge, scale and bin) and a PNG of the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_file
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(plots_dir / "judge_calibration.csv") as fh:
+        fh.write("judge,scale,bin_low,bin_high,n,mean_score,mean_perspective\n")
+        for name, by_scale in curves.items():
+            for scale, curve in by_scale.items():
+                for b in curve:
+                    fh.write(f"{name},{scale},{b['bin_low']:.2f},{b['bin_high']:.2f},{b['n']},"
+                             f"{b['mean_score']:.6f},{b['mean_perspective']:.6f}\n")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    for i, (name, by_scale) in enumerate(curves.items()):
+        for scale, curve in by_scale.items():
+            ax.plot([b["mean_score"] for b in curve], [b["mean_perspective"] for b in curve], marker="o", markersize=3,
+                    color=f"C{i}", linestyle="-" if scale == "calibrated" else "--", label=f"{name} ({scale})")
+    ax.set_xlabel("judge score (mean per bin)")
+    ax.set_ylabel("Perspective toxicity (mean per bin)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Judge reliability on held-out eval texts")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(plots_dir / "judge_calibration.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)

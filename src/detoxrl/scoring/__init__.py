@@ -3,6 +3,9 @@
     judge = make_judge("offline", params.judges)
     scores = score_texts(judge, texts, ScoreCache(params.judges.cache_dir))
     scores[i]["toxicity"]  # in [0, 1], plus the judge's category scores
+
+Raw scores are each judge's own scale; `calibration.to_perspective_scale` maps them to the Perspective
+scale where `train_judge` fitted a calibrator (the ensemble judge is on that scale already).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ __all__ = ["Judge", "ScoreCache", "make_judge", "score_texts"]
 class Judge(Protocol):
     """Scores texts for toxicity."""
 
-    name: str  # "offline" | "detoxify" | "openai"
+    name: str  # "offline" | "detoxify" | "openai" | "perspective_distilled" | "ensemble"
     version: str  # identifies the judge's model/weights; part of the cache key
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:
@@ -41,4 +44,12 @@ def make_judge(name: JudgeName, params: JudgesParams) -> Judge:
         from .openai_judge import OpenAIJudge
 
         return OpenAIJudge(params.openai)
-    raise DetoxError(f"unknown judge {name!r}: expected offline, detoxify or openai")
+    if name == "perspective_distilled":
+        from .distilled import DistilledJudge
+
+        return DistilledJudge(params.trained_dir, params.perspective_distilled.batch_size)
+    if name == "ensemble":
+        from .ensemble import EnsembleJudge
+
+        return EnsembleJudge(params)
+    raise DetoxError(f"unknown judge {name!r}: expected offline, detoxify, openai, perspective_distilled or ensemble")

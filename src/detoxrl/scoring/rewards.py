@@ -4,10 +4,20 @@ The PPO loop only sees `RewardSource.score(prompts, responses)`, so a reward can
 toxicity judge, a reward model with its own tokenizer, or an API, without sharing the policy's
 tokenizer. `judges` names the toxicity judges inside the reward, so the report can flag metrics
 measured by a judge the policy was trained against.
+
+  toxicity      1 - judge toxicity of the response, in [0, 1]
+  reward_model  the RM's scalar for (prompt, response), unbounded (models/reward or a hub RM)
+  composite     sum of weight * component; with `normalize`, each component is first standardised by
+                its running mean/std (Welford over every score seen so far, this batch included), so the
+                weights compare components on different scales (an RM logit vs a probability)
+
+toxicity and reward_model are pure functions of their input: the same text gets the same score at any
+batch size. A normalised composite also depends on the scores seen before (the running statistics).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from .cache import ScoreCache, score_texts
@@ -30,3 +40,88 @@ class ToxicityReward:
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [1.0 - s["toxicity"] for s in score_texts(self.judge, responses, self.cache)]
+
+
+class RewardModelReward:
+    """reward = the reward model's scalar for (prompt, response); see reward_models.RewardModelScorer."""
+
+    judges: list[str] = []  # a learned RM is no toxicity judge of the evaluation
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.name = f"reward_model:{scorer.source}"
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return self.scorer.score(prompts, responses)
+
+
+class RunningMoments:
+    """Mean and std of every value seen so far (Welford's algorithm, batch form)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: list[float]) -> None:
+        for v in values:
+            self.n += 1
+            delta = v - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 1.0
+
+
+class CompositeReward:
+    """sum over components of weight * (score, or (score - running mean) / running std when normalised)."""
+
+    def __init__(self, components: dict[str, RewardSource], weights: dict[str, float], normalize: bool):
+        self.components = {k: c for k, c in components.items() if weights.get(k)}
+        self.weights, self.normalize = weights, normalize
+        self.moments = {k: RunningMoments() for k in self.components}
+        self.name = "composite:" + "+".join(f"{weights[k]:g}*{c.name}" for k, c in self.components.items())
+        self.judges = sorted({j for c in self.components.values() for j in c.judges})
+
+    def state_dict(self) -> dict:  # the running statistics, for PPO's resumable checkpoints
+        return {k: vars(m).copy() for k, m in self.moments.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, values in state.items():
+            vars(self.moments[k]).update(values)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for key, source in self.components.items():
+            values = source.score(prompts, responses)
+            if self.normalize:
+                m = self.moments[key]
+                m.update(values)
+                values = [(v - m.mean) / max(m.std, 1e-6) for v in values]
+            total = [t + self.weights[key] * v for t, v in zip(total, values)]
+        return total
+
+
+def make_reward(params) -> RewardSource:
+    """The reward source `params.ppo.reward` asks for (params: the whole validated Params)."""
+    from . import make_judge
+
+    r = params.ppo.reward
+
+    def toxicity() -> ToxicityReward:
+        return ToxicityReward(make_judge(r.judge, params.judges), ScoreCache(params.judges.cache_dir))
+
+    def reward_model() -> RewardModelReward:
+        from .reward_models import RewardModelScorer
+
+        m = r.reward_model
+        return RewardModelReward(RewardModelScorer(m.model, m.format, m.batch_size, m.max_length, m.revision,
+                                                   m.trust_remote_code))
+
+    if r.source == "toxicity":
+        return toxicity()
+    if r.source == "reward_model":
+        return reward_model()
+    builders = {"toxicity": toxicity, "reward_model": reward_model}
+    return CompositeReward({k: builders[k]() for k, w in r.composite.weights.items() if w}, r.composite.weights,
+                           r.composite.normalize)

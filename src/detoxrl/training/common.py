@@ -57,13 +57,14 @@ def load_model(path: str | Path, quant_config):
     return prepare_model_for_kbit_training(model)
 
 
-def lora_config(lora: LoraParams):
+def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
+    """peft's LoraConfig; for task_type SEQ_CLS peft also trains the new scalar head in full (modules_to_save)."""
     if not lora.enabled:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=lora.target_modules, task_type=task_type)
 
 
 def trainer_args(params: TrainParams) -> dict:

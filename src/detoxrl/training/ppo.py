@@ -212,13 +212,14 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     eos_ids, pad_id = eos_token_ids(base_model, tokenizer), tokenizer.pad_token_id
     tokenizer.padding_side = "left"
 
-    prompts = [prompt_format(r["text"], tokenizer) for r in read_jsonl(prompts_path)]
+    raw_prompts = [r["text"] for r in read_jsonl(prompts_path)]  # what the reward source sees as the prompt
+    prompts = [prompt_format(text, tokenizer) for text in raw_prompts]  # what the policy sees
     if len(prompts) < p.batch_size:
         raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than ppo.batch_size={p.batch_size}")
     order_rng = random.Random(p.seed)
 
     # --- resume from the last periodic checkpoint of a run with the same params
-    start_step, fingerprint = 0, _fingerprint(p, sft_dir, prompts_path)
+    start_step, fingerprint, history = 0, _fingerprint(p, sft_dir, prompts_path), []
     state_file = checkpoint_dir / "state.pt"
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
@@ -226,7 +227,9 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             set_peft_model_state_dict(model.policy, state["adapter"])
             model.value_head.load_state_dict(state["value_head"])
             optimizer.load_state_dict(state["optimizer"])
-            kl_ctl.coef, start_step = state["kl_coef"], state["step"]
+            kl_ctl.coef, start_step, history = state["kl_coef"], state["step"], state["history"]
+            if state["reward_state"] is not None:
+                reward.load_state_dict(state["reward_state"])
             order_rng.setstate(state["order_rng"])
             torch.set_rng_state(state["torch_rng"])
             print(f"ppo: resuming from step {start_step} ({state_file})")
@@ -234,17 +237,24 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             shutil.rmtree(checkpoint_dir)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    live = Live(dir=str(plots_dir), resume=start_step > 0, dvcyaml=None, save_dvc_exp=False, report=None)
+    # DVC deletes a stage's plot files before rerunning it, so a resumed run replays the curves' history
+    # (kept in the checkpoint) and the plots stay whole.
+    live = Live(dir=str(plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
+    for past in history:
+        for key in STAT_KEYS:
+            live.log_metric(key, past[key], plot=True)
+        live.next_step()
 
-    def next_batch() -> list[str]:
-        return [prompts[i] for i in order_rng.sample(range(len(prompts)), p.batch_size)]
+    def next_batch() -> list[int]:
+        return order_rng.sample(range(len(prompts)), p.batch_size)
 
     stats: dict[str, float] = {}
     for step in tqdm(range(start_step, p.steps), desc="ppo", disable=not progress, initial=start_step,
                      total=p.steps):
         t0 = time.perf_counter()
         # 1. rollout ------------------------------------------------------------------------------
-        enc = tokenizer(next_batch(), return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = next_batch()
+        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         model.eval()
         generator = torch.Generator().manual_seed(p.seed * 100_003 + step)
         responses, ended = sample_tokens(unwrapped.policy, enc["input_ids"], enc["attention_mask"], 1,
@@ -254,7 +264,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
         mask = (torch.arange(responses.shape[1])[None] < resp_len[:, None]).float()
         texts = [tokenizer.decode(r[:n - int(e)], skip_special_tokens=True)
                  for r, n, e in zip(responses.tolist(), resp_len.tolist(), ended.tolist())]
-        scores = torch.tensor(reward.score([], texts), dtype=torch.float32)
+        scores = torch.tensor(reward.score([raw_prompts[i] for i in batch], texts), dtype=torch.float32)
         if not torch.isfinite(scores).all():
             raise DetoxError(f"ppo step {step}: the reward source {reward.name} returned NaN/inf scores")
         if p.missing_eos_penalty is not None:
@@ -320,6 +330,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             "response/length": resp_len.float().mean().item(), "response/eos_rate": ended.float().mean().item(),
             "cvar/alpha": alpha, "time/step_s": time.perf_counter() - t0,
         }
+        history.append(stats)
         for key in STAT_KEYS:
             live.log_metric(key, stats[key], plot=True)
         live.next_step()
@@ -329,7 +340,9 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
                         "adapter": get_peft_model_state_dict(unwrapped.policy),
                         "value_head": unwrapped.value_head.state_dict(), "optimizer": optimizer.state_dict(),
                         "kl_coef": kl_ctl.coef, "order_rng": order_rng.getstate(),
-                        "torch_rng": torch.get_rng_state()}, checkpoint_dir / "state.tmp")
+                        "torch_rng": torch.get_rng_state(), "history": history,
+                        "reward_state": reward.state_dict() if hasattr(reward, "state_dict") else None},
+                       checkpoint_dir / "state.tmp")
             (checkpoint_dir / "state.tmp").replace(state_file)
 
     # --- save the policy (adapter merged into the SFT weights) as a plain HF model dir

@@ -1,0 +1,123 @@
+"""Reproducibility check: rerun one stage with unchanged params and compare its metrics with the committed ones.
+
+    detoxrl check-repro ppo             # = dvc repro --force --single-item ppo, then compare with git HEAD
+    detoxrl check-repro evaluate@ppo --rtol 1e-6
+
+The stage's metrics files come from dvc.yaml (its `metrics:` outputs); the reference is their committed version
+(`git show <rev>:<path>`). Every number must match exactly by default: on the CPU the stages are deterministic
+(seeded sampling, seeded training, fixed thread count per run), so the same params give the same bits. Wall-clock
+keys (e.g. `ppo.time_step_s`) are measured time, not results, and are not compared. On a GPU, cuBLAS/cuDNN kernels
+may sum in a different order between runs (atomics, autotuned algorithms), so training metrics drift in their last
+digits: pass a tolerance there (e.g. `--rtol 1e-4`).
+
+The rerun replaces the stage's outputs in the workspace, as `dvc repro --force` does. Where everything matched,
+`dvc status` is clean again; otherwise `git checkout <metrics files> dvc.lock && dvc checkout` restores the
+committed state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import DetoxError
+
+# Keys that measure wall-clock time, not a result of the stage.
+WALL_CLOCK = re.compile(r"(^|\.)(time_[^.]*|[^.]*_runtime|[^.]*_per_second|[^.]*_seconds|[^.]*_time_s)$")
+
+
+@dataclass
+class Comparison:
+    compared: int = 0
+    ignored: list[str] = field(default_factory=list)
+    different: list[str] = field(default_factory=list)  # "file:key: committed -> rerun"
+    max_rel_diff: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.different
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}.{i}" if prefix else str(i)))
+        return out
+    return {prefix: obj}
+
+
+def compare_metrics(committed: dict, rerun: dict, rtol: float = 0.0, atol: float = 0.0, name: str = "",
+                    result: Comparison | None = None) -> Comparison:
+    """Compare two metrics documents key by key: numbers within atol + rtol * |committed|, the rest exactly."""
+    result = result or Comparison()
+    a, b = flatten(committed), flatten(rerun)
+    for key in sorted(set(a) | set(b)):
+        label = f"{name}:{key}" if name else key
+        if WALL_CLOCK.search(key):
+            result.ignored.append(label)
+            continue
+        if key not in a or key not in b:
+            result.different.append(f"{label}: {'missing in rerun' if key in a else 'new in rerun'}")
+            continue
+        x, y = a[key], b[key]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+        result.compared += 1
+        if numeric:
+            if math.isnan(x) and math.isnan(y):
+                continue
+            diff = abs(x - y)
+            if diff:
+                result.max_rel_diff = max(result.max_rel_diff, diff / abs(x) if x else math.inf)
+            if diff > atol + rtol * abs(x):
+                result.different.append(f"{label}: {x!r} -> {y!r}")
+        elif x != y:
+            result.different.append(f"{label}: {x!r} -> {y!r}")
+    return result
+
+
+def stage_metrics(stage: str, root: Path = Path(".")) -> list[str]:
+    """The metrics files a dvc.yaml stage declares (foreach items as `name@key`)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            stages = repo.stage.collect(stage)
+            paths = [str(Path(out.fs_path).relative_to(Path(repo.root_dir).resolve()))
+                     for st in stages for out in st.outs if out.metric]
+    except DvcException as exc:
+        raise DetoxError(f"{stage}: {exc}") from None
+    if not paths:
+        raise DetoxError(f"stage {stage} declares no metrics files: nothing to compare")
+    return paths
+
+
+def committed_json(path: str, rev: str, root: Path) -> dict:
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DetoxError(f"{path} is not committed at {rev}: run the stage and commit its metrics first")
+    return json.loads(proc.stdout)
+
+
+def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 0.0, root: Path = Path("."),
+                echo=print) -> Comparison:
+    paths = stage_metrics(stage, root)
+    committed = {p: committed_json(p, rev, root) for p in paths}
+    echo(f"rerunning {stage} (dvc repro --force --single-item {stage}); comparing {', '.join(paths)} with {rev}")
+    proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root)
+    if proc.returncode != 0:
+        raise DetoxError(f"dvc repro of {stage} failed (exit {proc.returncode})")
+    result = Comparison()
+    for p in paths:
+        compare_metrics(committed[p], json.loads((root / p).read_text()), rtol, atol, p, result)
+    return result

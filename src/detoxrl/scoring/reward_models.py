@@ -1,0 +1,123 @@
+"""Reward models for inference: the pipeline's trained RM (models/reward) or a hub RM, each with its own tokenizer.
+
+The input format depends on the model family, and getting it wrong silently ruins the scores:
+  chat  an RM built on a causal LM (Skywork-Reward-V2 on Qwen3, Llama/SmolLM with a scalar head, the RM this
+        pipeline trains) reads the conversation rendered by *its own* chat template,
+        [user: prompt, assistant: response], and scores the sequence's last token;
+  pair  a cross-encoder RM (OpenAssistant/reward-model-deberta-v3-large-v2) reads tokenizer(question, answer)
+        with no template.
+`auto` picks chat when the tokenizer has a chat template, else pair.
+
+Scores are deterministic (eval mode, no sampling) and independent of the batch size up to float rounding:
+sequences are right-padded with an attention mask, and the sequence-classification head reads the last
+non-padding token of each row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from .. import DetoxError
+
+RewardFormat = Literal["auto", "chat", "pair"]
+INFO_FILE = "detoxrl_reward.json"  # written by the reward_model stage beside the weights
+
+
+def chat_ids(tokenizer, messages: list[dict], response: str, max_length: int | None = None) -> list[int]:
+    """Token ids of `messages` + the assistant `response`, rendered by the tokenizer's chat template.
+
+    The template supplies every special token, so none are added on top (no doubled BOS). When too long,
+    the start of the conversation is cut, keeping the response and the end the head reads."""
+    text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_length:] if max_length else ids
+
+
+def pair_ids(tokenizer, prompt: str, response: str, max_length: int | None = None) -> list[int]:
+    """Token ids of the (question, answer) pair for a cross-encoder RM, truncating the question first."""
+    kw = {"truncation": "only_first", "max_length": max_length} if max_length else {}
+    return tokenizer(prompt, response, **kw)["input_ids"]
+
+
+def resolve_source(source: str) -> tuple[str, bool]:
+    """(path or hub id, is_hub) from `hub:<org/name>` or a local directory."""
+    if source.startswith("hub:"):
+        return source[4:], True
+    path = Path(source.removeprefix("local:"))
+    if not path.is_dir():
+        raise DetoxError(f"reward model {source!r}: directory not found (run `dvc repro reward_model` or `dvc pull`)")
+    return str(path), False
+
+
+class RewardModelScorer:
+    """Scores (prompt, response) texts with a sequence-classification RM (one logit = the reward)."""
+
+    def __init__(self, source: str, fmt: RewardFormat = "auto", batch_size: int = 16, max_length: int = 512,
+                 revision: str | None = None, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path, is_hub = resolve_source(source)
+        kw = {"revision": revision, "trust_remote_code": trust_remote_code} if is_hub else {}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, **kw).eval()
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model.to(self.device)
+        except (OSError, ValueError) as exc:
+            where = "the network is needed for hub models" if is_hub else "not a model directory"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DetoxError(f"reward model {source!r} could not be loaded ({where}): {first}") from None
+        if self.model.config.num_labels != 1:
+            raise DetoxError(f"reward model {source!r} has {self.model.config.num_labels} outputs; a reward model "
+                             "has exactly one (num_labels=1)")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        info_file = Path(path) / INFO_FILE
+        self.info = json.loads(info_file.read_text()) if not is_hub and info_file.exists() else {}
+        if fmt == "auto":
+            fmt = "chat" if self.tokenizer.chat_template else "pair"
+        self.format, self.batch_size, self.max_length, self.source = fmt, batch_size, max_length, source
+        self._torch = torch
+
+    def encode(self, prompt: str, response: str) -> list[int]:
+        if self.format == "chat":
+            return chat_ids(self.tokenizer, [{"role": "user", "content": prompt}], response, self.max_length)
+        return pair_ids(self.tokenizer, prompt, response, self.max_length)
+
+    def score_ids(self, seqs: list[list[int]]) -> list[float]:
+        torch, pad = self._torch, self.tokenizer.pad_token_id
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: little padding
+        out = [0.0] * len(seqs)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            width = max(len(seqs[i]) for i in rows)
+            ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in rows], device=self.device)
+            attn = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in rows], device=self.device)
+            with torch.inference_mode():
+                values = self._logits(ids, attn).float().tolist()
+            for i, v in zip(rows, values):
+                out[i] = v
+        return out
+
+    def _logits(self, ids, attn):
+        """The reward of each row. A decoder RM (a trunk + a `score` head) is read at each row's last real
+        token, found from the attention mask: transformers' own rule (the last token that is not the pad id)
+        misreads rows whose text ends with the pad token, e.g. SmolLM2, whose pad token is <|im_end|>.
+        Encoder RMs (DeBERTa) pool their first token, so padding on the right leaves them unchanged."""
+        torch = self._torch
+        if self.format == "chat" and hasattr(self.model, "score"):
+            trunk = getattr(self.model, self.model.base_model_prefix)
+            hidden = trunk(input_ids=ids, attention_mask=attn).last_hidden_state
+            last = attn.sum(1) - 1
+            return self.model.score(hidden[torch.arange(len(ids), device=ids.device), last])[:, 0]
+        return self.model(input_ids=ids, attention_mask=attn).logits[:, 0]
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise DetoxError(f"reward model: {len(prompts)} prompts but {len(responses)} responses")
+        return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)])
