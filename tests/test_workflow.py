@@ -55,8 +55,9 @@ def downstream(repo: Path, stage: str) -> set[str]:
 
     with Repo(str(repo)) as dvc_repo:
         graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
-        node = next(s for s in graph if s.addressing == stage)
-        return {stage} | {s.addressing for s in nx.ancestors(graph, node)}
+        # stage names, not `addressing` (a path relative to the test's cwd, outside this repo)
+        node = next(s for s in graph if getattr(s, "name", None) == stage)
+        return {stage} | {s.name for s in nx.ancestors(graph, node) if getattr(s, "name", None)}
 
 
 def test_exp_run_set_param_reruns_only_the_changed_stages(ws):

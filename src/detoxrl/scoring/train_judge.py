@@ -3,8 +3,9 @@
 Training texts are the prompt and original continuation texts of the RealToxicityPrompts records
 that are not eval prompts (a record sharing its prompt or continuation text with an eval prompt is
 left out, and so is any single text that equals an eval text), labelled by their Perspective
-toxicity. Features: a sentence encoder's embeddings; on top, a logistic regression or a small MLP
-predicting Perspective toxicity >= `label_threshold`.
+toxicity. Features: a sentence encoder's embeddings, with hashed tf-idf character n-grams beside them
+(`char_ngrams`); on top, a logistic regression (or, embeddings only, a small MLP) predicting Perspective
+toxicity >= `label_threshold`.
 
 k-fold cross-validation over records (a prompt and its continuation stay in one fold) gives the
 held-out AUROC/Spearman in metrics/judge_train.json and out-of-fold predictions, on which the
@@ -25,7 +26,8 @@ from ..io import atomic_dir, read_jsonl, write_json
 from ..params import Params
 from .cache import ScoreCache, score_texts
 from .calibration import CALIBRATION_FILE, Calibrator, save_calibrations
-from .distilled import DistilledJudge, forward, layers_from_sklearn, save_judge
+from .distilled import DistilledJudge, char_ngram_counts, fit_idf, forward, layers_from_sklearn, save_judge
+from .distilled import features as make_features
 
 RTP_FILES = ("challenging", "nontoxic")
 
@@ -101,8 +103,14 @@ def train_judge(rtp_dir: str | Path, eval_prompts_path: str | Path, out_dir: str
         raise DetoxError(f"train_judge: {len(texts)} training texts have {int(labels.sum())} toxic ones (Perspective "
                          f">= {p.label_threshold}); need at least train_judge.cv_folds = {p.cv_folds} of each class")
 
+    ngrams = p.char_ngrams.model_dump() if p.char_ngrams else None
+    if ngrams and p.classifier == "mlp":
+        raise DetoxError("train_judge: classifier mlp with char_ngrams would need a hidden layer per hashed n-gram "
+                         "bucket; use classifier: logistic, or char_ngrams: null")
     encoder = load_encoder(p.encoder, p.max_length, p.batch_size)
-    features = encoder.encode(texts)
+    # idf from all training texts: it uses no labels, so the cross-validated numbers below stay held-out ones
+    idf = fit_idf(char_ngram_counts(texts, ngrams)) if ngrams else None
+    features = make_features(encoder.encode(texts), texts, ngrams, idf)
     encode_s = time.monotonic() - start
 
     # Out-of-fold predictions: folds are drawn over records, so a prompt and its continuation share one.
@@ -116,19 +124,20 @@ def train_judge(rtp_dir: str | Path, eval_prompts_path: str | Path, out_dir: str
     final = layers_from_sklearn(_classifier(p).fit(features, labels))
 
     meta = {"encoder": p.encoder, "encoder_version": encoder.version, "max_length": p.max_length,
-            "classifier": p.classifier, "label_threshold": p.label_threshold,
+            "char_ngrams": ngrams, "classifier": p.classifier, "label_threshold": p.label_threshold,
             "trained_on": {"texts": len(texts), "toxic_texts": int(labels.sum()), "records": int(len(records))}}
     metrics: dict = {
         "data": {**counts, "training_records": int(len(records)), "texts": len(texts),
                  "toxic_texts": int(labels.sum())},
         "encoder": encoder.version,
+        "char_ngrams": ngrams,
         "classifier": p.classifier,
         "heldout": {"method": f"{p.cv_folds}-fold cross-validation over records",
                     **_agreement(oof, perspective, p.label_threshold)},
         "calibration": {},
     }
     with atomic_dir(out_dir) as tmp:
-        save_judge(tmp, meta, final)
+        save_judge(tmp, meta, final, idf)
         judge = DistilledJudge(tmp, p.batch_size)
         calibrators = {}
         cache = ScoreCache(params.judges.cache_dir)
