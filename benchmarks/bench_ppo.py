@@ -32,15 +32,18 @@ def reward_source():
 
 
 def run_ppo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
-    from detoxrl.params import PPOParams
+    from detoxrl.params import PPOParams, load_params
     from detoxrl.training.ppo import train_ppo
+
+    # the reward settings of params.yaml, switched to the plain toxicity reward GRPO gets too
+    reward = load_params(ROOT / "params.yaml").ppo.reward.model_dump() | {"source": "toxicity", "judge": "offline"}
 
     params = PPOParams(
         seed=0, steps=steps, batch_size=16, minibatch_size=16, grad_accum_steps=1, epochs=passes, lr=2e-4,
         max_new_tokens=tokens, temperature=1.0, top_p=1.0, lora=LORA,
         kl=dict(coef=0.05, adaptive=False, target=6.0, horizon=10000), gamma=1.0, lam=0.95, clip_range=0.2,
         clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
-        missing_eos_penalty=None, reward=dict(source="toxicity", judge="offline"),
+        missing_eos_penalty=None, reward=reward,
         cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0, mixed_precision="none")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +86,10 @@ def main() -> None:
     args = ap.parse_args()
     prompts = ROOT / "data/processed/ppo_prompts.jsonl"
     peak = None
+    from accelerate.state import AcceleratorState
+
     for passes in (int(x) for x in args.passes.split(",")):
+        AcceleratorState._reset_state(True)  # GRPO's trainer leaves its own accelerator settings in the process
         ppo = run_ppo(args.steps, passes, args.tokens, prompts)
         if peak is None:  # PPO runs first, so this is the PPO stage's own peak
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
