@@ -11,8 +11,10 @@ may sum in a different order between runs (atomics, autotuned algorithms), so tr
 digits: pass a tolerance there (e.g. `--rtol 1e-4`).
 
 The rerun replaces the stage's outputs in the workspace, as `dvc repro --force` does. Where everything matched,
-`dvc status` is clean again; otherwise `git checkout <metrics files> dvc.lock && dvc checkout` restores the
-committed state.
+the stage's git-tracked outputs (metrics, plots: they differ from the committed ones only in wall-clock numbers)
+are checked out from HEAD again and `dvc commit` records them, so `dvc status` is clean and downstream stages do
+not rerun; otherwise the rerun's outputs stay for inspection and `git checkout <metrics files> dvc.lock &&
+dvc checkout` restores the committed state.
 """
 
 from __future__ import annotations
@@ -85,21 +87,30 @@ def compare_metrics(committed: dict, rerun: dict, rtol: float = 0.0, atol: float
     return result
 
 
-def stage_metrics(stage: str, root: Path = Path(".")) -> list[str]:
-    """The metrics files a dvc.yaml stage declares (foreach items as `name@key`)."""
+def stage_outputs(stage: str, root: Path = Path(".")) -> tuple[list[str], list[str]]:
+    """(metrics files, outputs kept in git: `cache: false`) a dvc.yaml stage declares (foreach items: `name@key`)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with Repo(str(root)) as repo:
-            stages = repo.stage.collect(stage)
-            paths = [str(Path(out.fs_path).relative_to(Path(repo.root_dir).resolve()))
-                     for st in stages for out in st.outs if out.metric]
+            outs = [out for st in repo.stage.collect(stage) for out in st.outs]
+            rel = lambda out: str(Path(out.fs_path).relative_to(Path(repo.root_dir).resolve()))  # noqa: E731
+            metrics = [rel(out) for out in outs if out.metric]
+            in_git = [rel(out) for out in outs if not out.use_cache]
     except DvcException as exc:
         raise DetoxError(f"{stage}: {exc}") from None
-    if not paths:
+    if not metrics:
         raise DetoxError(f"stage {stage} declares no metrics files: nothing to compare")
-    return paths
+    return metrics, in_git
+
+
+def restore_committed(stage: str, paths: list[str], root: Path) -> None:
+    """Put back the committed versions of a stage's git-tracked outputs and record them in dvc.lock."""
+    for cmd in (["git", "checkout", "HEAD", "--", *paths], ["dvc", "commit", "--force", stage]):
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DetoxError(f"{' '.join(cmd[:2])} failed after the rerun of {stage}: {proc.stderr.strip()[:300]}")
 
 
 def committed_json(path: str, rev: str, root: Path) -> dict:
@@ -111,7 +122,7 @@ def committed_json(path: str, rev: str, root: Path) -> dict:
 
 def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 0.0, root: Path = Path("."),
                 echo=print) -> Comparison:
-    paths = stage_metrics(stage, root)
+    paths, in_git = stage_outputs(stage, root)
     committed = {p: committed_json(p, rev, root) for p in paths}
     echo(f"rerunning {stage} (dvc repro --force --single-item {stage}); comparing {', '.join(paths)} with {rev}")
     proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root)
@@ -120,4 +131,6 @@ def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 
     result = Comparison()
     for p in paths:
         compare_metrics(committed[p], json.loads((root / p).read_text()), rtol, atol, p, result)
+    if result.ok:
+        restore_committed(stage, in_git, root)
     return result
