@@ -1,12 +1,16 @@
 """PPO (this repo) against TRL's GRPOTrainer: samples per second on the same task, in one run.
 
 Same model (models/base + LoRA r=16), same prompts (data/processed/ppo_prompts.jsonl), 16
-completions per optimisation batch (PPO: 16 prompts x 1; GRPO: 4 prompts x 4 generations), same
-completion length, same reward (1 - offline judge toxicity), KL to the reference on in both, and
-matched optimisation passes per sample (PPO epochs = GRPO num_iterations). Prints samples/s of
-each and the ratio, then the peak resident memory of the process.
+completions per optimisation batch (4 prompts x 4 completions in both; `--per-prompt 1` gives PPO
+16 prompts x 1, its default shape, which pads to the longest of 16 prompts instead of 4), same
+completion length, same reward (1 - offline judge toxicity), KL to the reference on in both,
+matched optimisation passes per sample (PPO epochs = GRPO num_iterations), and matched numerics:
+the same precision on both sides (fp32, or bf16 autocast: GRPOConfig's default is bf16, which on a
+CPU with AVX512-BF16 is much faster, so leaving it on for GRPO alone would compare precisions, not
+loops) and no gradient checkpointing on either (GRPOConfig turns it on by default; PPO does not
+use it). Prints samples/s of each and the ratio, then the peak resident memory of the process.
 
-  python benchmarks/bench_ppo.py [--steps 4] [--passes 1,4] [--tokens 24]
+  python benchmarks/bench_ppo.py [--steps 4] [--passes 1,4] [--tokens 24] [--precision fp32,bf16] [--per-prompt 4]
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = dict(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -31,7 +37,7 @@ def reward_source():
     return ToxicityReward(make_judge("offline", load_params(ROOT / "params.yaml").judges), cache=None)
 
 
-def run_ppo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
+def run_ppo(steps: int, passes: int, tokens: int, prompts: Path, precision: str, per_prompt: int) -> float:
     from detoxrl.params import PPOParams, load_params
     from detoxrl.training.ppo import train_ppo
 
@@ -39,23 +45,38 @@ def run_ppo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
     reward = load_params(ROOT / "params.yaml").ppo.reward.model_dump() | {"source": "toxicity", "judge": "offline"}
 
     params = PPOParams(
-        seed=0, steps=steps, batch_size=16, minibatch_size=16, grad_accum_steps=1, epochs=passes, lr=2e-4,
+        seed=0, steps=steps, batch_size=16, samples_per_prompt=per_prompt, minibatch_size=16, grad_accum_steps=1,
+        epochs=passes, lr=2e-4,
         max_new_tokens=tokens, temperature=1.0, top_p=1.0, lora=LORA,
         kl=dict(coef=0.05, adaptive=False, target=6.0, horizon=10000), gamma=1.0, lam=0.95, clip_range=0.2,
         clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
         missing_eos_penalty=None, reward=reward,
-        cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0, mixed_precision="none")
+        cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0,
+        mixed_precision="bf16" if precision == "bf16" else "none")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train_ppo(ROOT / "models/base", ROOT / "models/base", prompts, tmp / "out", tmp / "m.json", tmp / "plots",
                   tmp / "ckpt", params, reward_source(), lambda text, tok: text, progress=False)
-        # the loop's own per-step wall times (rollout to optimiser step), like GRPO's trainer.train() below:
+        # the loop's own per-step wall times (rollout to optimiser step), like GRPO's StepTimer below:
         # model loading, merging and saving are left out of both
         rows = (tmp / "plots" / "plots" / "metrics" / "time" / "step_s.tsv").read_text().splitlines()[1:]
         return steps * 16 / sum(float(r.split("\t")[1]) for r in rows)
 
 
-def run_grpo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (GRPO generates inside its training step), as PPO logs its own."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self.t)
+
+
+def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str) -> float:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -70,14 +91,16 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path) -> float:
         args = GRPOConfig(output_dir=tmp, max_steps=steps * passes, per_device_train_batch_size=16,
                           num_generations=4, num_iterations=passes, max_completion_length=tokens, learning_rate=2e-4,
                           beta=0.05, temperature=1.0, top_p=1.0, report_to=[], logging_steps=1000, save_strategy="no",
-                          use_cpu=True, seed=0, disable_tqdm=True)
+                          use_cpu=True, seed=0, disable_tqdm=True, bf16=precision == "bf16",
+                          gradient_checkpointing=False)
         trainer = GRPOTrainer(model=str(ROOT / "models/base"), reward_funcs=toxicity_reward, args=args,
                               train_dataset=Dataset.from_dict({"prompt": texts}),
                               peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
                                                      target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
-        t = time.perf_counter()
+        timer = StepTimer()
+        trainer.add_callback(timer)
         trainer.train()
-        return steps * 16 / (time.perf_counter() - t)
+        return steps * 16 / sum(timer.seconds)
 
 
 def main() -> None:
@@ -85,18 +108,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="optimisation batches of 16 completions")
     ap.add_argument("--passes", default="1,4")
     ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--per-prompt", type=int, default=4,
+                    help="PPO responses per prompt: 4 gives GRPO's batch shape (4 prompts x 4), 1 is 16 prompts x 1")
+    ap.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast), applied to both loops")
     args = ap.parse_args()
     prompts = ROOT / "data/processed/ppo_prompts.jsonl"
     peak = None
     from accelerate.state import AcceleratorState
 
-    for passes in (int(x) for x in args.passes.split(",")):
-        AcceleratorState._reset_state(True)  # GRPO's trainer leaves its own accelerator settings in the process
-        ppo = run_ppo(args.steps, passes, args.tokens, prompts)
-        if peak is None:  # PPO runs first, so this is the PPO stage's own peak
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        grpo = run_grpo(args.steps, passes, args.tokens, prompts)
-        print(f"passes={passes}: PPO {ppo:.2f} samples/s, GRPO {grpo:.2f} samples/s, PPO/GRPO = {ppo / grpo:.2f}x")
+    for precision in args.precision.split(","):
+        for passes in (int(x) for x in args.passes.split(",")):
+            AcceleratorState._reset_state(True)  # GRPO's trainer leaves its own accelerator settings in the process
+            ppo = run_ppo(args.steps, passes, args.tokens, prompts, precision, args.per_prompt)
+            if peak is None:  # PPO runs first, so this is the PPO stage's own peak
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            AcceleratorState._reset_state(True)
+            grpo = run_grpo(args.steps, passes, args.tokens, prompts, precision)
+            print(f"{precision} passes={passes}: PPO {ppo:.2f} samples/s, GRPO {grpo:.2f} samples/s, "
+                  f"PPO/GRPO = {ppo / grpo:.2f}x", flush=True)
     print(f"peak resident memory of the PPO run (process, incl. model and judge): {peak:.2f} GiB")
 
 

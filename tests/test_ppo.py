@@ -96,7 +96,7 @@ class LetterReward:
 
 
 def ppo_params(**kw) -> PPOParams:
-    d = dict(seed=0, steps=12, batch_size=16, minibatch_size=4, grad_accum_steps=1, epochs=4, lr=3e-3,
+    d = dict(seed=0, steps=12, batch_size=16, samples_per_prompt=1, minibatch_size=4, grad_accum_steps=1, epochs=4, lr=3e-3,
              max_new_tokens=8, temperature=1.0, top_p=1.0,
              lora=dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]),
              kl=dict(coef=0.01, adaptive=False, target=6.0, horizon=1000), gamma=1.0, lam=0.95, clip_range=0.2,
@@ -184,3 +184,100 @@ def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
 def test_cvar_trains_on_the_worst_samples(tiny_dir, prompts, tmp_path):
     final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=3, cvar=dict(enabled=True, alpha=0.25, anneal_steps=2)))
     assert final["cvar_alpha"] == pytest.approx(0.25)
+
+
+def lora_policy(model_dir, seed=0):
+    """The tiny model as PPO builds its policy, with a random (non-zero) adapter and value head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    params = ppo_params()
+    torch.manual_seed(seed)
+    policy = P.PolicyWithValue(get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir).eval(),
+        LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, target_modules=list(params.lora.target_modules),
+                   init_lora_weights=False, task_type="CAUSAL_LM")))
+    torch.nn.init.normal_(policy.value_head.weight)
+    return policy.eval()
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_rollout_logprobs_and_values_equal_a_full_forward(tiny_dir, top_p):
+    """PPO takes its old log-probs and values from the sampler instead of a second forward pass:
+    they must be what that forward pass (the training one) computes for the sampled tokens."""
+    from detoxrl.evaluation.generate import sample_tokens
+
+    policy = lora_policy(tiny_dir)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])  # left-padded
+    attn = (ids != 0).long()
+    tokens, ended, logprobs, hidden = sample_tokens(policy.policy.get_base_model(), ids, attn, 2, 6, 0.7, top_p,
+                                                    [-1], 0, torch.Generator().manual_seed(0), collect=True)
+    assert tokens.shape == logprobs.shape == hidden.shape[:2] == (4, 6)
+    full_ids = torch.cat([ids.repeat_interleave(2, 0), tokens], 1)
+    mask = torch.ones_like(tokens)  # eos id -1: no row ends early, every position is scored
+    assert not ended.any()
+    with torch.no_grad():
+        ref_lp, _, ref_values = policy(full_ids, torch.cat([attn.repeat_interleave(2, 0), mask], 1), 5, 0.7)
+        values = policy.value_head(hidden).squeeze(-1)
+    torch.testing.assert_close(logprobs, ref_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    assert (logprobs < 0).all()
+
+
+def test_bf16_sampling_copy_carries_the_adapter(tmp_path):
+    """merge_into writes base + LoRA delta into a bf16 copy (untying an adapted, tied LM head), so the
+    copy's next-token distribution is the policy's up to bf16 rounding, and the policy is untouched."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = build_tiny_char_model(tmp_path / "tied", tie_word_embeddings=True)
+    policy = lora_policy(model_dir)  # its adapter covers lm_head, which is tied to the embeddings
+    lm = policy.policy.get_base_model()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = torch.log_softmax(lm(ids).logits.float(), -1)
+        with policy.policy.disable_adapter():
+            base_logp = torch.log_softmax(lm(ids).logits.float(), -1)
+    sampler = AutoModelForCausalLM.from_pretrained(model_dir).to(torch.bfloat16)
+    P.merge_into(policy.policy, sampler)
+    with torch.no_grad():
+        got = torch.log_softmax(sampler(ids).logits.float(), -1)
+    assert (expected - base_logp).abs().max() > 0.05  # the adapter does change the model
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0)
+    # the copy's input embeddings stay the base model's (only its LM head was untied and adapted)
+    torch.testing.assert_close(sampler.get_input_embeddings().weight.float(),
+                               lm.get_input_embeddings().weight, atol=1e-2, rtol=1e-2)
+    assert all(torch.equal(v, lm.state_dict()[k]) for k, v in before.items())
+
+
+def test_bf16_run_trains_and_saves_an_fp32_policy(tiny_dir, prompts, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    # accelerate fixes the precision once per process (the stage runs one PPO per process); the
+    # tests before this one ran at fp32 in this process
+    AcceleratorState._reset_state(True)
+    try:
+        final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=2, mixed_precision="bf16"))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert math.isfinite(final["objective_kl"]) and math.isfinite(final["loss_total"])
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert saved.dtype == torch.float32
+
+
+def test_several_samples_per_prompt(tiny_dir, prompts, tmp_path):
+    seen = []
+
+    class Recording(LetterReward):
+        def score(self, prompts, responses):
+            seen.append(list(prompts))
+            return super().score(prompts, responses)
+
+    run(tiny_dir, prompts, tmp_path, ppo_params(steps=2, samples_per_prompt=4), Recording())
+    for batch in seen:  # 16 responses = 4 prompts x 4, each prompt's responses side by side
+        assert len(batch) == 16 and len(set(batch)) <= 4
+        assert all(batch[i] == batch[i - i % 4] for i in range(16))
+    with pytest.raises(ValueError, match=r"batch_size \(16\) must be a multiple of samples_per_prompt \(3\)"):
+        ppo_params(samples_per_prompt=3)

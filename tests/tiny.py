@@ -21,7 +21,7 @@ def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def build_tiny_char_model(out: Path, seed: int = 0) -> Path:
+def build_tiny_char_model(out: Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
     """A tiny Llama over a 30-symbol character vocabulary: each symbol is sampled often enough that an
     RL test can reward one of them and watch its share rise within a few steps."""
     import torch
@@ -36,7 +36,7 @@ def build_tiny_char_model(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(symbols), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+                         tie_word_embeddings=tie_word_embeddings, eos_token_id=1, pad_token_id=0, bos_token_id=None)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out

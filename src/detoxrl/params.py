@@ -296,7 +296,8 @@ class RewardParams(Strict):
 class PPOParams(Strict):
     seed: int
     steps: PositiveInt  # PPO iterations: a rollout batch, then `epochs` passes over it
-    batch_size: PositiveInt  # prompts per rollout (one response each)
+    batch_size: PositiveInt  # responses per rollout
+    samples_per_prompt: PositiveInt  # responses sampled per prompt (batch_size / this = prompts per rollout)
     minibatch_size: PositiveInt
     grad_accum_steps: PositiveInt
     epochs: PositiveInt
@@ -319,6 +320,13 @@ class PPOParams(Strict):
     cvar: CVaRParams
     checkpoint_every: NonNegInt  # steps between resumable checkpoints (0 = none)
     mixed_precision: Literal["none", "fp16", "bf16"]  # "none", not "no": YAML rewrites a bare no as false
+
+    @model_validator(mode="after")
+    def _prompts_per_rollout(self):
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt "
+                             f"({self.samples_per_prompt})")
+        return self
 
 
 class Params(Strict):

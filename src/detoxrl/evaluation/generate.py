@@ -35,6 +35,8 @@ def sample_top_p(logits, temperature: float, top_p: float, generator, tiers: tup
     import torch
 
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1.0:  # the whole vocabulary is the nucleus
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     tokens = torch.empty(probs.shape[0], dtype=torch.long)
     pending = torch.arange(probs.shape[0])
     for k in (*tiers, probs.shape[-1]):
@@ -52,39 +54,66 @@ def sample_top_p(logits, temperature: float, top_p: float, generator, tiers: tup
 
 
 def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int, temperature: float,
-                  top_p: float, eos_ids: list[int], pad_id: int, generator):
+                  top_p: float, eos_ids: list[int], pad_id: int, generator, collect: bool = False):
     """Sample k continuations of each left-padded prompt row; returns (tokens [rows*k, T], eos [rows*k]).
 
     One prefill pass per prompt (logits only for the last position), the KV cache repeated k times,
     then a decode loop feeding one token per row until every row has produced EOS or max_new_tokens.
     Prefilling each prompt once instead of k times saves most of the prompt FLOPs, which at 20 new
     tokens are a large share of the total. After a row's EOS its tokens are `pad_id`.
+
+    With `collect`, also returns what PPO would otherwise recompute in a second forward pass: the
+    log-prob of each sampled token under softmax(logits / temperature) over the whole vocabulary
+    (what the training forward computes; top-p only restricts which tokens are drawn), and the
+    final hidden state before each token [rows*k, T, H], for a value head. `model` must then be a
+    transformers causal LM (it is run as its decoder plus its output embeddings).
     """
     import torch
 
     eos = torch.tensor(eos_ids)
     mask = attention_mask
+    trunk, head = (model.get_decoder(), model.get_output_embeddings()) if collect else (None, None)
+
+    def forward(ids, mask, position_ids, cache):
+        """Logits of the last position, the updated cache, and (collect only) its hidden state."""
+        if not collect:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+                        use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1], out.cache, None
+        out = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+        return head(hidden), out.cache, hidden
+
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        logits, cache, hidden = forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), None)
         cache.batch_repeat_interleave(k)
-        logits = out.logits[:, -1].repeat_interleave(k, dim=0)
+        logits = logits.repeat_interleave(k, dim=0)
+        hidden = hidden.repeat_interleave(k, dim=0) if collect else None
         mask = mask.repeat_interleave(k, dim=0)
         n_rows = logits.shape[0]
         tokens = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long)
+        logprobs, hiddens = [], []
         done = torch.zeros(n_rows, dtype=torch.bool)
         for step in range(max_new_tokens):
             nxt = sample_top_p(logits, temperature, top_p, generator).masked_fill(done, pad_id)
             tokens[:, step] = nxt
+            if collect:
+                logprobs.append(torch.log_softmax(logits.float() / temperature, -1).gather(-1, nxt[:, None]))
+                hiddens.append(hidden.float())
             done |= torch.isin(nxt, eos)
             if done.all() or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # finished rows feed pad tokens; harmless
-            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
-                        position_ids=(mask.sum(-1, keepdim=True) - 1), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1]
-    return tokens, done
+            logits, cache, hidden = forward(nxt.unsqueeze(1), mask, mask.sum(-1, keepdim=True) - 1, cache)
+    if not collect:
+        return tokens, done
+    # steps not taken (every row ended early) are padding: log-prob 0, hidden state 0
+    t = len(logprobs)
+    lp = torch.zeros(n_rows, max_new_tokens)
+    lp[:, :t] = torch.cat(logprobs, 1)
+    hs = torch.zeros(n_rows, max_new_tokens, hiddens[0].shape[-1])
+    hs[:, :t] = torch.stack(hiddens, 1)
+    return tokens, done, lp, hs
 
 
 def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateParams,

@@ -4,14 +4,19 @@ TRL removed its PPOTrainer, and it required the reward model to share the policy
 loop takes any text reward (`scoring.rewards.RewardSource`). The implementation details follow
 "The N Implementation Details of RLHF with PPO" (Huang et al.) and Ziegler et al. (2019):
 
-  1. Rollout: sample one response per prompt from the current policy (temperature, top-p), cut at
-     EOS; the reward source scores the decoded response; optional penalty for no EOS.
+  1. Rollout: sample `samples_per_prompt` responses (default 1) to each of batch_size / that many
+     prompts from the current policy (temperature, top-p), cut at EOS; the reward source scores the
+     decoded responses; optional penalty for no EOS. The sampler keeps each token's log-prob and the
+     hidden state before it, so the "old" log-probs and values cost no second forward pass (they
+     differ from a full forward's only by float rounding: the KV-cached decode sums in another order).
   2. Reference: the frozen policy we started from. The policy is that model plus a LoRA adapter,
      so the reference is the same weights with the adapter disabled: no second copy in memory.
   3. Per-token reward: -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) on every response token,
      plus the score on the last token. The KL coefficient is fixed or adaptive (target, horizon).
   4. Value head: a linear layer on the policy's last hidden state, sharing its trunk (one forward
      pass yields logits and values; on 2 CPU cores a separate value model would double the cost).
+     `mixed_precision: bf16` runs the forwards under bf16 autocast (on CPU too) and samples from a
+     bf16 copy of the policy.
   5. GAE (gamma, lambda) over response tokens, returns = advantages + values, advantages whitened.
   6. Optimisation: `epochs` passes over shuffled minibatches; clipped policy loss, clipped value
      loss, optional entropy bonus, gradient clipping. Log-probs use the rollout temperature.
@@ -24,6 +29,7 @@ loop runs under `accelerate launch`; on this CPU it is one process.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -146,10 +152,12 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, n_prompt: int, temperature: float, with_values: bool = True):
+    def forward(self, input_ids, attention_mask, n_prompt: int, temperature: float, with_values: bool = True,
+                entropy_grad: bool = True):
         """Log-probs of the response tokens (positions >= n_prompt), their entropy and values.
 
-        The LM head runs only on the positions that predict response tokens.
+        The LM head runs only on the positions that predict response tokens. Without `entropy_grad`
+        the entropy is a statistic only: no graph over [batch, tokens, vocabulary] for it.
         """
         lm = self.policy.get_base_model()
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -159,9 +167,26 @@ class PolicyWithValue(nn.Module):
         logits = lm.lm_head(h).float() / temperature
         logp_all = F.log_softmax(logits, dim=-1)
         logprobs = logp_all.gather(-1, input_ids[:, n_prompt:, None]).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
         values = self.value_head(h.float()).squeeze(-1) if with_values else None
         return logprobs, entropy, values
+
+
+@torch.no_grad()
+def merge_into(peft_model, target: nn.Module) -> None:
+    """Write the policy's current weights, each LoRA delta merged in, into `target` (a plain copy of
+    the base model, any dtype); the policy itself is left untouched."""
+    from peft.tuners.lora import LoraLayer
+
+    shared = target.get_input_embeddings().weight
+    for name, module in peft_model.get_base_model().named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight + module.get_delta_weight(module.active_adapters[0])
+            dest = target.get_submodule(name)
+            if dest.weight is shared:  # an adapted LM head tied to the input embeddings: untie it in the copy
+                dest.weight = nn.Parameter(shared.detach().clone(), requires_grad=False)
+            dest.weight.copy_(weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +229,10 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
 
     # --- models: SFT weights (frozen) + a fresh LoRA adapter = policy; adapter disabled = reference
     base_model, tokenizer = load_for_inference(sft_dir, base_dir)
+    # Under bf16 the rollout samples from a bf16 copy of the weights with the adapter merged in,
+    # refreshed every step: decoding reads every weight once per token, so halving the bytes nearly
+    # halves its time (training keeps fp32 weights under autocast, which is faster there).
+    sampler = copy.deepcopy(base_model).to(torch.bfloat16) if p.mixed_precision == "bf16" else None
     lora = LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
                       target_modules=list(p.lora.target_modules), task_type="CAUSAL_LM")
     model = PolicyWithValue(get_peft_model(base_model, lora))
@@ -214,8 +243,9 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
 
     raw_prompts = [r["text"] for r in read_jsonl(prompts_path)]  # what the reward source sees as the prompt
     prompts = [prompt_format(text, tokenizer) for text in raw_prompts]  # what the policy sees
-    if len(prompts) < p.batch_size:
-        raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than ppo.batch_size={p.batch_size}")
+    if len(prompts) < p.batch_size // p.samples_per_prompt:
+        raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than the {p.batch_size // p.samples_per_prompt}"
+                         f" each rollout needs (ppo.batch_size / ppo.samples_per_prompt)")
     order_rng = random.Random(p.seed)
 
     # --- resume from the last periodic checkpoint of a run with the same params
@@ -245,8 +275,10 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             live.log_metric(key, past[key], plot=True)
         live.next_step()
 
+    k = p.samples_per_prompt
+
     def next_batch() -> list[int]:
-        return order_rng.sample(range(len(prompts)), p.batch_size)
+        return order_rng.sample(range(len(prompts)), p.batch_size // k)
 
     stats: dict[str, float] = {}
     for step in tqdm(range(start_step, p.steps), desc="ppo", disable=not progress, initial=start_step,
@@ -257,25 +289,32 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
         enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         model.eval()
         generator = torch.Generator().manual_seed(p.seed * 100_003 + step)
-        responses, ended = sample_tokens(unwrapped.policy, enc["input_ids"], enc["attention_mask"], 1,
-                                         p.max_new_tokens, p.temperature, p.top_p, eos_ids, pad_id, generator)
+        if sampler is not None:
+            merge_into(unwrapped.policy, sampler)
+        responses, ended, sampled_logprobs, hidden = sample_tokens(
+            sampler or unwrapped.policy.get_base_model(), enc["input_ids"], enc["attention_mask"], k,
+            p.max_new_tokens, p.temperature, p.top_p, eos_ids, pad_id, generator, collect=True)
         first_eos = torch.isin(responses, torch.tensor(eos_ids)).float().argmax(1)
         resp_len = torch.where(ended, first_eos + 1, responses.shape[1])  # EOS counts as an action
         mask = (torch.arange(responses.shape[1])[None] < resp_len[:, None]).float()
         texts = [tokenizer.decode(r[:n - int(e)], skip_special_tokens=True)
                  for r, n, e in zip(responses.tolist(), resp_len.tolist(), ended.tolist())]
-        scores = torch.tensor(reward.score([raw_prompts[i] for i in batch], texts), dtype=torch.float32)
+        scores = torch.tensor(reward.score([raw_prompts[i] for i in batch for _ in range(k)], texts),
+                              dtype=torch.float32)
         if not torch.isfinite(scores).all():
             raise DetoxError(f"ppo step {step}: the reward source {reward.name} returned NaN/inf scores")
         if p.missing_eos_penalty is not None:
             scores = scores - p.missing_eos_penalty * (~ended).float()
 
-        # 2. old log-probs, values and reference log-probs (adapter disabled) -------------------
-        input_ids = torch.cat([enc["input_ids"], responses], dim=1)
-        attn = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+        # 2. old log-probs and values come from the rollout itself (the sampler kept each token's
+        #    log-prob and the hidden state before it); reference log-probs need one forward pass
+        #    with the adapter disabled
+        input_ids = torch.cat([enc["input_ids"].repeat_interleave(k, 0), responses], dim=1)
+        attn = torch.cat([enc["attention_mask"].repeat_interleave(k, 0), mask.long()], dim=1)
         n_prompt = enc["input_ids"].shape[1]
         with torch.no_grad():
-            old_logprobs, _, old_values = model(input_ids, attn, n_prompt, p.temperature)
+            old_logprobs = sampled_logprobs * mask
+            old_values = unwrapped.value_head(hidden).squeeze(-1) * mask
             with unwrapped.policy.disable_adapter():
                 ref_logprobs, _, _ = model(input_ids, attn, n_prompt, p.temperature, with_values=False)
 
@@ -296,7 +335,8 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             perm = keep[torch.randperm(len(keep))]
             for mb in perm.split(p.minibatch_size):
                 with accelerator.accumulate(model):
-                    logprobs, entropy, values = model(input_ids[mb], attn[mb], n_prompt, p.temperature)
+                    logprobs, entropy, values = model(input_ids[mb], attn[mb], n_prompt, p.temperature,
+                                                      entropy_grad=p.entropy_coef > 0)
                     m = mask[mb]
                     pg, clip_frac, approx_kl = policy_loss(logprobs, old_logprobs[mb], advantages[mb], m, p.clip_range)
                     vf = value_loss(values, old_values[mb], returns[mb], m, p.clip_range_value)
