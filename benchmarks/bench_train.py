@@ -8,7 +8,8 @@ both 4N (the issue's yardstick) and 6N (the work it really does).
 
 Each stage runs with its default params from params.yaml for `--steps` optimizer steps (the first one is
 warm-up and not timed); tokens/s = (tokens the trainer reports, `num_tokens`) / time between log points.
-A raw LoRA step (forward + backward + AdamW on one fixed 256-token sequence, no trainer, no data pipeline)
+A raw LoRA step (forward + backward + AdamW on one fixed 256-token sequence, no trainer, no data pipeline; the
+loss on its second half, as the stages score only the response, with the LM head run on those positions only)
 gives the ceiling the trainer loops are compared with.
 
   python benchmarks/bench_train.py [--steps 6] [--stages sft,dpo,reward_model]
@@ -53,10 +54,12 @@ def raw_lora_rate(base: str, seq_len: int = 256, steps: int = 4) -> float:
                                       task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (1, seq_len))
+    trunk, head, half = model.get_base_model().model, model.get_base_model().lm_head, seq_len // 2
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()
+        hidden = trunk(input_ids=ids).last_hidden_state[0, half - 1:-1]
+        torch.nn.functional.cross_entropy(head(hidden), ids[0, half:]).backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..io import atomic_dir, read_jsonl, write_json
 from ..params import DPOParams
-from . import common
+from . import common, lm_head
 
 
 def to_preference(record: dict) -> dict:
@@ -62,6 +62,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
     resume = common.resume_checkpoint(params.checkpoint_dir, fp)
     model, tokenizer = sft_model(sft_dir, base_dir, quant, Path(params.checkpoint_dir))
 
+    lm_head.install()  # CPU: LM head on response positions only, logits not recomputed in backward
     args = DPOConfig(**common.trainer_args(params), beta=params.beta, loss_type=[params.loss_type],
                      eval_strategy="steps", eval_steps=params.eval_steps, precompute_ref_log_probs=False)
     trainer = DPOTrainer(

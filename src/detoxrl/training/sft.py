@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..io import atomic_dir, read_jsonl, write_json
 from ..params import SFTParams
-from . import common
+from . import common, lm_head
 
 
 def to_prompt_completion(record: dict) -> dict:
@@ -32,6 +32,7 @@ def build_trainer(model, tokenizer, records: list[dict], params: SFTParams, call
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    lm_head.install()  # CPU: LM head on completion positions only, logits not recomputed in backward
     args = SFTConfig(**common.trainer_args(params), completion_only_loss=True, packing=False)
     dataset = Dataset.from_list([to_prompt_completion(r) for r in records])
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
