@@ -181,6 +181,33 @@ def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
     assert [int(r.split("\t")[0]) for r in rows] == [0, 1, 2, 3, 4]
 
 
+def test_a_checkpoint_from_another_sft_model_is_not_resumed(tiny_dir, prompts, tmp_path, capsys):
+    """An interrupted run over one SFT model must not be continued over a retrained one (same path, same params)."""
+    class Interrupt(LetterReward):
+        calls = 0
+
+        def score(self, prompts, responses):
+            Interrupt.calls += 1
+            if Interrupt.calls == 3:
+                raise KeyboardInterrupt
+            return super().score(prompts, responses)
+
+    sft = build_tiny_char_model(tmp_path / "sft", seed=0)
+    params = ppo_params(steps=3, checkpoint_every=2)
+    go = lambda reward: P.train_ppo(sft, tiny_dir, prompts, tmp_path / "out", tmp_path / "ppo.json", tmp_path / "plots",
+                                    tmp_path / "ckpt", params, reward, lambda text, tok: text, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        go(Interrupt())
+    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
+    build_tiny_char_model(sft, seed=1)  # the SFT stage reran: new weights in the same directory
+    calls = []
+    counted = LetterReward()
+    counted.score = lambda p, r: calls.append(1) or LetterReward().score(p, r)
+    go(counted)
+    assert len(calls) == 3  # all three steps, from step 0
+    assert "discarding a checkpoint" in capsys.readouterr().out
+
+
 def test_cvar_trains_on_the_worst_samples(tiny_dir, prompts, tmp_path):
     final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=3, cvar=dict(enabled=True, alpha=0.25, anneal_steps=2)))
     assert final["cvar_alpha"] == pytest.approx(0.25)

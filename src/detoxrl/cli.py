@@ -261,7 +261,8 @@ def ppo(params: Path = ParamsOpt):
     reward = make_reward(p)
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", "models/ppo",
                       "metrics/ppo.json", "plots/ppo", ".cache/checkpoints/ppo", p.ppo, reward,
-                      lambda text, tok: format_prompt(text, tok, p.generate))
+                      lambda text, tok: format_prompt(text, tok, p.generate),
+                      reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()])
     typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}")
 
 

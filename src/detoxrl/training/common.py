@@ -83,9 +83,12 @@ def trainer_args(params: TrainParams) -> dict:
     )
 
 
-def fingerprint(params: TrainParams, inputs: list[str | Path]) -> str:
-    """Hash of the params block and the inputs (data files by content, model dirs by name/size/mtime)."""
+def fingerprint(params, inputs: list[str | Path]) -> str:
+    """Hash of the params block, the inputs (data files by content, model dirs by name/size/mtime) and the
+    training code (src/detoxrl/training/*.py), so that a checkpoint is resumed only by the run that wrote it."""
     h = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode())
+    for code in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(code.read_bytes())
     for path in map(Path, inputs):
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         for f in (f for f in files if f.is_file()):

@@ -44,6 +44,7 @@ from torch import nn
 
 from .. import DetoxError
 from ..io import atomic_dir, read_jsonl, write_json
+from . import common
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,20 +200,14 @@ STAT_KEYS = ("reward/score_mean", "reward/score_std", "reward/non_score", "objec
              "cvar/alpha", "time/step_s")
 
 
-def _fingerprint(params, sft_dir: Path, prompts_path: Path) -> str:
-    import hashlib
-
-    blob = json.dumps(params.model_dump(), sort_keys=True) + str(sft_dir) + str(prompts_path.stat().st_size)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_dir: str | Path,
               metrics_path: str | Path, plots_dir: str | Path, checkpoint_dir: str | Path, params,
-              reward, prompt_format, progress: bool = True) -> dict:
+              reward, prompt_format, progress: bool = True, reward_inputs: tuple = ()) -> dict:
     """Run PPO from the SFT model; write the merged policy to out_dir and final stats to metrics_path.
 
     `reward` is a RewardSource; `prompt_format(text, tokenizer) -> str` builds the model input for
-    an RTP prompt, the same way evaluation does.
+    an RTP prompt, the same way evaluation does. `reward_inputs`: the files/dirs the reward reads
+    (a trained RM, a judge), part of the fingerprint that decides whether a checkpoint may be resumed.
     """
     from accelerate import Accelerator
     from dvclive import Live
@@ -249,7 +244,8 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     order_rng = random.Random(p.seed)
 
     # --- resume from the last periodic checkpoint of a run with the same params
-    start_step, fingerprint, history = 0, _fingerprint(p, sft_dir, prompts_path), []
+    start_step, history = 0, []
+    fingerprint = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs])
     state_file = checkpoint_dir / "state.pt"
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
@@ -264,6 +260,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             torch.set_rng_state(state["torch_rng"])
             print(f"ppo: resuming from step {start_step} ({state_file})")
         else:
+            print(f"ppo: {checkpoint_dir}: discarding a checkpoint written for other params, inputs or code")
             shutil.rmtree(checkpoint_dir)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
