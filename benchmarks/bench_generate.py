@@ -1,7 +1,9 @@
 """Throughput of the generate stage against the machine's FLOP limit.
 
 limit (tokens/s) = measured matmul peak / (2 x parameters), the FLOPs of one token's forward pass.
-Prints generated tokens/s and its ratio to that limit, for several batch sizes.
+Prints generated tokens/s and its ratio to that limit, for several batch sizes, and the ceiling that the model's
+matmuls alone set at each batch size: every linear layer (LM head included) applied back to back to a batch of
+rows, with nothing else (no attention, norms, KV cache, sampling or prompt prefill).
 
   python benchmarks/bench_generate.py [--model models/base] [--batch-sizes 16,64,128] [--prompts 64]
 """
@@ -38,6 +40,7 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} params={n_params:,} matmul peak={peak / 1e9:.1f} GFLOP/s "
           f"-> limit {limit:.0f} tokens/s")
     for bs in (int(b) for b in args.batch_sizes.split(",")):
+        print(f"batch={bs:4d}: the linear layers alone reach {linears_rate(model, bs) / limit:.0%} of the limit")
         params = GenerateParams(prompt_format="raw", chat_instruction="", k=args.k, max_new_tokens=args.max_new_tokens,
                                 temperature=1.0, top_p=0.9, seed=0, batch_size=bs)
         sample_continuations(model, tok, texts[: max(1, bs // args.k)], params, progress=False)  # warm-up
@@ -51,6 +54,20 @@ def main() -> None:
         print(f"batch={bs:4d}: {tokens} tokens in {dt:.1f}s = {rate:.0f} tokens/s, "
               f"ratio to FLOP limit {rate / limit:.0%}; plain HF generate {hf_rate:.0f} tokens/s "
               f"({hf_rate / limit:.0%}), ours/HF = {rate / hf_rate:.2f}x")
+
+
+def linears_rate(model, rows: int, reps: int = 5) -> float:
+    """Tokens/s of the model's linear layers alone (one token per row), best of `reps`."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    x = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            for m in linears:
+                torch.nn.functional.linear(x[m.in_features], m.weight)
+            best = min(best, time.perf_counter() - t)
+    return rows / best
 
 
 def hf_generate_rate(model, tok, texts: list[str], params: GenerateParams) -> float:

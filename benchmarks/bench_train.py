@@ -12,7 +12,10 @@ A raw LoRA step (forward + backward + AdamW on one fixed 256-token sequence, no 
 loss on its second half, as the stages score only the response, with the LM head run on those positions only)
 gives the ceiling the trainer loops are compared with.
 
-  python benchmarks/bench_train.py [--steps 6] [--stages sft,dpo,reward_model]
+`--compiled` also times the raw step under torch.compile (inductor; about 100 s of compiling first), the ceiling
+with the elementwise work fused.
+
+  python benchmarks/bench_train.py [--steps 6] [--stages sft,dpo,reward_model] [--compiled]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class StepTimer(TrainerCallback):
         return (n1 - n0) / (t1 - t0)
 
 
-def raw_lora_rate(base: str, seq_len: int = 256, steps: int = 4) -> float:
+def raw_lora_rate(base: str, seq_len: int = 256, steps: int = 4, compiled: bool = False) -> float:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -55,15 +58,20 @@ def raw_lora_rate(base: str, seq_len: int = 256, steps: int = 4) -> float:
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (1, seq_len))
     trunk, head, half = model.get_base_model().model, model.get_base_model().lm_head, seq_len // 2
-    times = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
+
+    def loss():
         hidden = trunk(input_ids=ids).last_hidden_state[0, half - 1:-1]
-        torch.nn.functional.cross_entropy(head(hidden), ids[0, half:]).backward()
+        return torch.nn.functional.cross_entropy(head(hidden), ids[0, half:])
+
+    forward = torch.compile(loss) if compiled else loss
+    times = []
+    for _ in range(steps + 2 if compiled else steps + 1):  # compiled: the first two steps compile
+        t = time.perf_counter()
+        forward().backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
-    return seq_len / min(times[1:])
+    return seq_len / min(times[2:] if compiled else times[1:])
 
 
 def run_stage(stage: str, steps: int, scratch: Path) -> float:
@@ -95,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--stages", default="sft,dpo,reward_model")
+    ap.add_argument("--compiled", action="store_true")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -106,8 +115,11 @@ def main() -> None:
           f"-> 4N limit {limit:.0f} tokens/s")
     raw = raw_lora_rate("models/base")
     print(f"raw LoRA step (256 tokens): {raw:.0f} tokens/s = {raw / limit:.0%} of the 4N limit")
+    if args.compiled:
+        fused = raw_lora_rate("models/base", compiled=True)
+        print(f"raw LoRA step under torch.compile: {fused:.0f} tokens/s = {fused / limit:.0%} of the 4N limit")
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in args.stages.split(","):
+        for stage in filter(None, args.stages.split(",")):
             rate = run_stage(stage, args.steps, Path(tmp))
             extra = f", {rate / (peak / (6 * n)):.0%} of 6N (with the reference forward)" if stage == "dpo" else ""
             print(f"{stage}: {rate:.0f} tokens/s = {rate / limit:.0%} of the 4N limit{extra}; "
