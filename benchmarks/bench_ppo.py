@@ -8,7 +8,7 @@ matched optimisation passes per sample (PPO epochs = GRPO num_iterations), and m
 the same precision on both sides (fp32, or bf16 autocast: GRPOConfig's default is bf16, which on a
 CPU with AVX512-BF16 is much faster, so leaving it on for GRPO alone would compare precisions, not
 loops) and no gradient checkpointing on either (GRPOConfig turns it on by default; PPO does not
-use it). Prints samples/s of each and the ratio, then the peak resident memory of the process.
+use it). Prints samples/s of each and the ratio (the PPO stage's memory: bench_ppo_memory.py).
 
   python benchmarks/bench_ppo.py [--steps 4] [--passes 1,4] [--tokens 24] [--precision fp32,bf16] [--per-prompt 4]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -113,20 +112,16 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast), applied to both loops")
     args = ap.parse_args()
     prompts = ROOT / "data/processed/ppo_prompts.jsonl"
-    peak = None
     from accelerate.state import AcceleratorState
 
     for precision in args.precision.split(","):
         for passes in (int(x) for x in args.passes.split(",")):
             AcceleratorState._reset_state(True)  # GRPO's trainer leaves its own accelerator settings in the process
             ppo = run_ppo(args.steps, passes, args.tokens, prompts, precision, args.per_prompt)
-            if peak is None:  # PPO runs first, so this is the PPO stage's own peak
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             AcceleratorState._reset_state(True)
             grpo = run_grpo(args.steps, passes, args.tokens, prompts, precision)
             print(f"{precision} passes={passes}: PPO {ppo:.2f} samples/s, GRPO {grpo:.2f} samples/s, "
                   f"PPO/GRPO = {ppo / grpo:.2f}x", flush=True)
-    print(f"peak resident memory of the PPO run (process, incl. model and judge): {peak:.2f} GiB")
 
 
 if __name__ == "__main__":
