@@ -239,6 +239,12 @@ def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp
     assert (tmp_path / "plots" / "plots" / "metrics" / "train" / "loss.tsv").exists()
     assert json.loads((out / "detoxrl_reward.json").read_text())["format"] == "chat"
     assert not (out / "adapter_config.json").exists()  # merged: loads as a plain sequence classifier
+    # reproducible: a second run, with the global RNG elsewhere, trains the same model (its fresh head included)
+    import torch
+    torch.manual_seed(12345)
+    again = train_reward_model(base_model_dir, data / "pref_train.jsonl", data / "pref_val.jsonl", tmp_path / "again",
+                               tmp_path / "m2.json", tmp_path / "plots2", params)
+    assert again["train_loss"] == m["train_loss"] and again["validation"] == m["validation"]
 
     # what the stage trained on is what the scorer reads: same ids for the same pair
     scorer = RewardModelScorer(str(out), "auto", batch_size=4, max_length=128)

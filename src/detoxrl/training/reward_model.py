@@ -66,7 +66,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
                        metrics_path: str | Path, plots_dir: str | Path, params: RewardModelParams,
                        callbacks=()) -> dict:
     from datasets import Dataset
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
     quant = common.quantization_config(params, "reward_model")  # fails here, before anything loads, without CUDA
@@ -88,6 +88,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     train, val = read_jsonl(train_path), read_jsonl(val_path)[: params.eval_pairs]
     inputs = [train_path, val_path] + ([] if is_hub else [path])
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, inputs))
+    set_seed(params.seed)  # the new scalar head is drawn at load, before the trainer seeds anything
     model = load_backbone(path, is_hub, tokenizer, quant, params)
     args = RewardConfig(**common.trainer_args(params), eval_strategy="steps", eval_steps=params.eval_steps,
                         center_rewards_coefficient=params.center_rewards_coefficient, remove_unused_columns=False)
