@@ -154,19 +154,24 @@ def test_nan_reward_stops_with_the_step(tiny_dir, prompts, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
-    class Interrupt(LetterReward):
+def interrupted_at(call: int) -> LetterReward:
+    """A reward source whose `call`-th score() raises KeyboardInterrupt, as a machine stopping mid-step."""
+    class Interrupted(LetterReward):
         calls = 0
 
         def score(self, prompts, responses):
-            Interrupt.calls += 1
-            if Interrupt.calls == 4:
-                raise KeyboardInterrupt  # the machine stops during step 3
+            self.calls += 1
+            if self.calls == call:
+                raise KeyboardInterrupt
             return super().score(prompts, responses)
 
+    return Interrupted()
+
+
+def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
     params = ppo_params(steps=5, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_dir, prompts, tmp_path, params, Interrupt())
+        run(tiny_dir, prompts, tmp_path, params, interrupted_at(4))  # the machine stops during step 3
     assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "out").exists()
     shutil.rmtree(tmp_path / "plots")  # as DVC does: a stage's plot outputs are deleted before it reruns
@@ -183,21 +188,12 @@ def test_resume_continues_from_the_checkpoint(tiny_dir, prompts, tmp_path):
 
 def test_a_checkpoint_from_another_sft_model_is_not_resumed(tiny_dir, prompts, tmp_path, capsys):
     """An interrupted run over one SFT model must not be continued over a retrained one (same path, same params)."""
-    class Interrupt(LetterReward):
-        calls = 0
-
-        def score(self, prompts, responses):
-            Interrupt.calls += 1
-            if Interrupt.calls == 3:
-                raise KeyboardInterrupt
-            return super().score(prompts, responses)
-
     sft = build_tiny_char_model(tmp_path / "sft", seed=0)
     params = ppo_params(steps=3, checkpoint_every=2)
     go = lambda reward: P.train_ppo(sft, tiny_dir, prompts, tmp_path / "out", tmp_path / "ppo.json", tmp_path / "plots",
                                     tmp_path / "ckpt", params, reward, lambda text, tok: text, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        go(Interrupt())
+        go(interrupted_at(3))
     assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
     build_tiny_char_model(sft, seed=1)  # the SFT stage reran: new weights in the same directory
     calls = []

@@ -30,9 +30,12 @@ from pathlib import Path
 
 from . import DetoxError
 
-# This interpreter's bin dir first on PATH, so `dvc` and the stages' `detoxrl` commands are this venv's even
-# when the command was started as .venv/bin/detoxrl without activating it.
-VENV_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+def venv_env() -> dict:
+    """The environment with this interpreter's bin dir first on PATH, so `dvc` and the stages' `detoxrl` commands
+    are this venv's even when the command was started as .venv/bin/detoxrl without activating it."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
 
 # Keys that measure wall-clock time, not a result of the stage.
 WALL_CLOCK = re.compile(r"(^|\.)(time_[^.]*|[^.]*_runtime|[^.]*_per_second|[^.]*_seconds|[^.]*_time_s)$")
@@ -114,7 +117,7 @@ def stage_outputs(stage: str, root: Path = Path(".")) -> tuple[list[str], list[s
 def restore_committed(stage: str, paths: list[str], root: Path) -> None:
     """Put back the committed versions of a stage's git-tracked outputs and record them in dvc.lock."""
     for cmd in (["git", "checkout", "HEAD", "--", *paths], ["dvc", "commit", "--force", stage]):
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=VENV_ENV)
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=venv_env())
         if proc.returncode != 0:
             raise DetoxError(f"{' '.join(cmd[:2])} failed after the rerun of {stage}: {proc.stderr.strip()[:300]}")
 
@@ -131,7 +134,7 @@ def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 
     paths, in_git = stage_outputs(stage, root)
     committed = {p: committed_json(p, rev, root) for p in paths}
     echo(f"rerunning {stage} (dvc repro --force --single-item {stage}); comparing {', '.join(paths)} with {rev}")
-    proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=VENV_ENV)
+    proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=venv_env())
     if proc.returncode != 0:
         raise DetoxError(f"dvc repro of {stage} failed (exit {proc.returncode})")
     result = Comparison()
