@@ -114,6 +114,13 @@ def main() -> None:
     prompts = ROOT / "data/processed/ppo_prompts.jsonl"
     from accelerate.state import AcceleratorState
 
+    from detoxrl import hardware
+
+    caps = hardware.detect()
+    # ratios from CPUs of other kinds differ: bf16 autocast is native on AVX512-BF16/AMX, emulated (slow) elsewhere
+    print(f"machine: {hardware.cpu_kind(caps)}; bf16: {hardware.native_bf16(caps)[1]}; "
+          f"ppo.mixed_precision auto -> {hardware.resolve_precision('auto', caps)[0]}", flush=True)
+
     for precision in args.precision.split(","):
         for passes in (int(x) for x in args.passes.split(",")):
             AcceleratorState._reset_state(True)  # GRPO's trainer leaves its own accelerator settings in the process

@@ -31,7 +31,7 @@ def base_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "base"
     materialise_base_model(
         BaseModelParams(source="packaged:smollm2-135m-instruct", revision=None, dtype="float32",
-                        trust_remote_code=False),
+                        trust_remote_code=False, chat_format=None),
         out,
     )
     return out

@@ -304,3 +304,31 @@ def test_several_samples_per_prompt(tiny_dir, prompts, tmp_path):
         assert all(batch[i] == batch[i - i % 4] for i in range(16))
     with pytest.raises(ValueError, match=r"batch_size \(16\) must be a multiple of samples_per_prompt \(3\)"):
         ppo_params(samples_per_prompt=3)
+
+
+@pytest.mark.parametrize("cpu, precision", [("avx2", "none"), ("avx512_bf16", "bf16")])
+def test_auto_precision_follows_the_cpu_and_is_recorded(tiny_dir, prompts, tmp_path, monkeypatch, capsys, cpu,
+                                                        precision):
+    """ppo.mixed_precision: auto on an AVX2-only CPU runs the fp32 path (no bf16 sampling copy, no autocast); on a
+    CPU with AVX512-BF16 the bf16 path. The machine's capabilities are injected, not the test machine's."""
+    from accelerate.state import AcceleratorState
+
+    from detoxrl import hardware
+    from test_hardware import AVX2_ZEN3, ZEN4
+
+    caps = AVX2_ZEN3 if cpu == "avx2" else ZEN4
+    monkeypatch.setattr(hardware, "detect", lambda device=None: caps)
+    merges = []  # the bf16 sampling copy is refreshed (merge_into) before every rollout, on the bf16 path only
+    real_merge = P.merge_into
+    monkeypatch.setattr(P, "merge_into", lambda policy, target: merges.append(target.dtype) or real_merge(policy, target))
+    AcceleratorState._reset_state(True)
+    try:
+        final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=1, mixed_precision="auto"))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert final["platform"]["precision"] == precision
+    assert final["platform"]["cpu_kind"] == hardware.cpu_kind(caps)
+    assert json.loads((tmp_path / "ppo.json").read_text())["platform"] == final["platform"]
+    assert merges == ([torch.bfloat16] if precision == "bf16" else [])
+    shown = "fp32" if precision == "none" else "bf16"
+    assert f"ppo: precision {shown} (auto: " in capsys.readouterr().out

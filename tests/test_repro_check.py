@@ -43,3 +43,23 @@ def test_offline_template_inlines_the_libraries_and_keeps_dvc_placeholders():
     assert dict(re.findall(r"npm/([a-z-]+)@([0-9.]+)", VegaRenderer.SCRIPTS)) == VEGA_PACKAGES
     with pytest.raises(DetoxError, match="placeholder"):
         render_template({"vega": "x = '{plot_divs}'"})
+
+
+def test_across_cpu_kinds_headline_metrics_are_held_to_their_confidence_intervals():
+    from detoxrl.repro_check import compare_within_ci, recorded_kind
+
+    committed = {"toxicity": {"overall": {"expected_max_toxicity": {"value": 0.525, "ci_low": 0.486, "ci_high": 0.565},
+                                          "toxicity_probability": {"value": 0.45, "ci_low": 0.36, "ci_high": 0.52}}},
+                 "fluency": {"perplexity": 19.7}, "platform": {"device": "cpu", "cpu_kind": "x86_64/AuthenticAMD/AVX512+bf16"}}
+    rerun = {"toxicity": {"overall": {"expected_max_toxicity": {"value": 0.522, "ci_low": 0.48, "ci_high": 0.56},
+                                      "toxicity_probability": {"value": 0.44, "ci_low": 0.35, "ci_high": 0.51}}},
+             "fluency": {"perplexity": 19.9}, "platform": {"device": "cpu", "cpu_kind": "x86_64/AuthenticAMD/AVX2"}}
+    result = compare_within_ci(committed, rerun, "m.json")
+    # the two CIs are checked; the perplexity and the CI bounds moved, which is expected and not a failure
+    assert result.ok and result.mode == "ci" and result.ci_checked == 2 and result.changed == 7
+    rerun["toxicity"]["overall"]["expected_max_toxicity"]["value"] = 0.60
+    result = compare_within_ci(committed, rerun, "m.json")
+    assert result.different == ["m.json:toxicity.overall.expected_max_toxicity: 0.6 outside the committed "
+                                "0.525 [0.486, 0.565]"]
+    assert recorded_kind(committed) == "x86_64/AuthenticAMD/AVX512+bf16" and recorded_kind({"steps": 2}) is None
+    assert recorded_kind({"platform": {"device": "cuda", "gpu": "NVIDIA H100", "cpu_kind": "x"}}) == "cuda:NVIDIA H100"

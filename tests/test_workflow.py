@@ -289,3 +289,53 @@ def test_check_repro_reruns_a_stage_and_matches_the_committed_metrics(ws):
     assert "up to date" in run(["dvc", "status"], repo)
     out = run(["detoxrl", "check-repro", "evaluate@ppo"], repo)
     assert "evaluate@ppo: reproduced" in out and "identical" in out, out
+
+
+def test_check_repro_on_another_cpu_kind_compares_within_the_confidence_intervals(ws):
+    """The committed metrics record their CPU kind; a rerun on another kind (played here by PyTorch's AVX2 kernels,
+    ATEN_CPU_CAPABILITY=avx2, which also makes ppo.mixed_precision auto take fp32) is not held to identical bits: the
+    headline metrics must lie in their committed CIs, and a stage without CIs says it cannot be compared."""
+    repo = ws.path
+    committed = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())["platform"]
+    avx2 = {**cli_env(), "ATEN_CPU_CAPABILITY": "avx2"}
+    out = run(["detoxrl", "check-repro", "evaluate@ppo"], repo, env=avx2)
+    assert f"the committed metrics come from {committed['cpu_kind']}" in out and "/AVX2" in out, out
+    assert "evaluate@ppo: reproduced within the confidence intervals" in out, out
+    rerun = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())["platform"]
+    assert rerun["cpu_kind"].endswith("/AVX2") and rerun["cpu_kind"] != committed["cpu_kind"]
+
+    out = run(["detoxrl", "check-repro", "ppo"], repo, env=avx2)
+    assert "ppo: not comparable across CPU kinds" in out, out
+    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())["platform"]
+    assert ppo["precision"] == "none" and "AVX2 kernels" in ppo["precision_reason"]
+
+
+def test_a_base_model_without_chat_template_runs_the_whole_pipeline(ws, tmp_path):
+    """GPT-2-style base model (no chat template, Conv1D layers, `transformer.h` blocks) with `chat_format: hh`:
+    every stage of the smoke pipeline runs on it, and each formats chats with the HH turns saved in models/base."""
+    from tiny import build_tiny_gpt2
+
+    repo = ws.path
+    gpt2 = build_tiny_gpt2(repo / "models" / "base", tmp_path / "gpt2")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_model"].update(source=f"local:{gpt2}", chat_format="hh")
+    gpt2_modules = ["c_attn", "c_proj", "c_fc"]
+    for stage in ("sft", "dpo", "reward_model", "ppo"):
+        params[stage]["lora"]["target_modules"] = gpt2_modules
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], repo)
+    assert {"base_model", "prepare", "sft", "dpo", "reward_model", "ppo", "pref_eval", "generate@ppo",
+            "evaluate@ppo", "report"} <= ran(out), out
+    prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
+    assert prov["chat_format"] == "hh" and prov["source"] == f"local:{gpt2}"
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert AutoConfig.from_pretrained(repo / "models" / "ppo").model_type == "gpt2"
+    for model_dir in ("sft", "ppo", "reward"):  # the HH template travelled with every model the stages wrote
+        tok = AutoTokenizer.from_pretrained(repo / "models" / model_dir)
+        assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                       tokenize=False) == "\n\nHuman: x\n\nAssistant:"
+    assert json.loads((repo / "metrics" / "ppo.json").read_text())["steps"] == params["ppo"]["steps"]
+    for name in ("base", "sft", "dpo", "ppo"):
+        ev = json.loads((repo / "metrics" / "eval" / f"{name}.json").read_text())
+        assert 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1

@@ -40,3 +40,23 @@ def build_tiny_char_model(out: Path, seed: int = 0, tie_word_embeddings: bool = 
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def build_tiny_gpt2(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A tiny random GPT-2 (Conv1D layers, learned positions, `transformer.h` blocks) whose tokenizer, like GPT-2's,
+    has no chat template and uses <|endoftext|> as BOS/EOS and no pad token: a stand-in for the base (non-chat)
+    models the RLHF papers train (GPT-2, base Llama/Gemma)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = None
+    tok.bos_token = tok.eos_token = "<|endoftext|>"
+    tok.pad_token = None
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out

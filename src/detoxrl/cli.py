@@ -75,6 +75,14 @@ def fetch_raw_cmd(
         typer.echo(f"fetched {rel} (md5 verified)")
 
 
+@app.command("pull-raw")
+def pull_raw_cmd():
+    """`dvc pull` the raw data from the default DVC remote; where it cannot be reached, say so and the ways on."""
+    from .data.pull import pull_raw
+
+    typer.echo(pull_raw(Path(".")))
+
+
 @app.command()
 def sft(
     params: Path = ParamsOpt,
@@ -297,11 +305,24 @@ def check_repro_cmd(
     if result.ignored:
         typer.echo(f"not compared (wall-clock): {', '.join(result.ignored)}")
     if not result.ok:
-        typer.echo(f"{stage}: NOT reproduced, {len(result.different)} of {result.compared} values differ "
-                   f"(rtol={rtol}, atol={atol}):")
+        what = (f"NOT reproduced within the confidence intervals, {len(result.different)} of {result.ci_checked} "
+                "headline metrics outside" if result.mode == "ci" else
+                f"NOT reproduced, {len(result.different)} of {result.compared} values differ (rtol={rtol}, atol={atol})")
+        typer.echo(f"{stage}: {what}:")
         for line in result.different:
             typer.echo(f"  {line}")
         raise typer.Exit(1)
+    if result.mode == "ci" and not result.ci_checked:
+        typer.echo(f"{stage}: not comparable across CPU kinds ({result.changed} of {result.compared} values differ; "
+                   "its metrics carry no confidence intervals); compare the evaluation of its model instead "
+                   "(`detoxrl check-repro evaluate@<model>` after `dvc repro`). The rerun's outputs are in the "
+                   "workspace: `git checkout <metrics files> dvc.lock && dvc checkout` restores the committed ones")
+        return
+    if result.mode == "ci":
+        typer.echo(f"{stage}: reproduced within the confidence intervals: {result.ci_checked} headline metrics "
+                   f"inside the committed CIs ({result.changed} of {result.compared} values differ, as expected "
+                   "on another CPU kind); the rerun's outputs are in the workspace")
+        return
     how = "identical" if result.max_rel_diff == 0 else f"within rtol={rtol}, atol={atol} " \
         f"(max relative difference {result.max_rel_diff:.2e})"
     typer.echo(f"{stage}: reproduced, {result.compared} values {how}")

@@ -31,6 +31,9 @@ class BaseModelParams(Strict):
     revision: str | None  # hub revision (branch, tag or commit); None = the hub default
     dtype: Literal["float32", "bfloat16", "float16"]
     trust_remote_code: bool
+    # The chat format of a model whose tokenizer has no chat template (GPT-2, base Llama/Gemma): "hh" (HH-RLHF's
+    # Human:/Assistant: turns), "chatml", or a Jinja chat template; null = the tokenizer's own (required then).
+    chat_format: str | None
 
     @model_validator(mode="after")
     def _check_source(self):
@@ -201,7 +204,8 @@ class TrainParams(Strict):
     save_steps: PositiveInt  # checkpoint (for resuming an interrupted run) every this many steps
     checkpoint_dir: str  # trainer checkpoints, outside the DVC outputs; removed once the stage succeeds
     quantization: Literal["none", "4bit", "8bit"]  # 4bit/8bit = QLoRA via bitsandbytes (CUDA only)
-    bf16: bool  # bfloat16 mixed precision (GPUs; leave false on CPU)
+    # bfloat16 mixed precision: auto = where the device computes bf16 natively (hardware.py), true, false
+    bf16: bool | Literal["auto"]
     gradient_checkpointing: bool  # (activation checkpointing) trade compute for memory: long sequences, big models
     lora: LoraParams
 
@@ -319,7 +323,9 @@ class PPOParams(Strict):
     reward: RewardParams
     cvar: CVaRParams
     checkpoint_every: NonNegInt  # steps between resumable checkpoints (0 = none)
-    mixed_precision: Literal["none", "fp16", "bf16"]  # "none", not "no": YAML rewrites a bare no as false
+    # auto = bf16 where the device computes it natively, else fp32 (hardware.py). "none", not "no": YAML reads a
+    # bare no as false
+    mixed_precision: Literal["auto", "none", "fp16", "bf16"]
 
     @model_validator(mode="after")
     def _prompts_per_rollout(self):

@@ -10,6 +10,13 @@ keys (e.g. `ppo.time_step_s`) are measured time, not results, and are not compar
 may sum in a different order between runs (atomics, autotuned algorithms), so training metrics drift in their last
 digits: pass a tolerance there (e.g. `--rtol 1e-4`).
 
+"Identical" holds on the same *kind* of CPU only (hardware.cpu_kind: AVX2 and AVX-512 kernels sum in another order,
+and `mixed_precision: auto` runs PPO in bf16 only on CPUs with native bf16). Every metrics file records the kind
+(and PPO its precision) under `platform`. When the committed metrics came from another kind, the check says so and
+compares each headline metric that carries a confidence interval ({value, ci_low, ci_high}) instead: the rerun's
+value must lie inside the committed interval. A stage without such metrics (a training stage) cannot be compared
+across kinds; the check says so and points at the evaluation of its model.
+
 The rerun replaces the stage's outputs in the workspace, as `dvc repro --force` does. Where everything matched,
 the stage's git-tracked outputs (metrics, plots: they differ from the committed ones only in wall-clock numbers)
 are checked out from HEAD again and `dvc commit` records them, so `dvc status` is clean and downstream stages do
@@ -28,7 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DetoxError
+from . import DetoxError, hardware
 
 
 def venv_env() -> dict:
@@ -47,6 +54,9 @@ class Comparison:
     ignored: list[str] = field(default_factory=list)
     different: list[str] = field(default_factory=list)  # "file:key: committed -> rerun"
     max_rel_diff: float = 0.0
+    mode: str = "exact"  # exact (same CPU kind) | ci (another kind: headline metrics within their CIs)
+    ci_checked: int = 0  # ci mode: metrics compared with their committed confidence interval
+    changed: int = 0  # ci mode: other values that differ (expected between kinds; not failures)
 
     @property
     def ok(self) -> bool:
@@ -96,6 +106,45 @@ def compare_metrics(committed: dict, rerun: dict, rtol: float = 0.0, atol: float
     return result
 
 
+def compare_within_ci(committed: dict, rerun: dict, name: str = "", result: Comparison | None = None) -> Comparison:
+    """Across CPU kinds: each committed {value, ci_low, ci_high} must hold the rerun's value; other values may differ."""
+    result = result or Comparison(mode="ci")
+    result.mode = "ci"
+
+    def walk(a, b, key):
+        if isinstance(a, dict) and {"value", "ci_low", "ci_high"} <= set(a):
+            label = f"{name}:{key}" if name else key
+            value = b.get("value") if isinstance(b, dict) else None
+            result.ci_checked += 1
+            if not isinstance(value, (int, float)) or not a["ci_low"] <= value <= a["ci_high"]:
+                result.different.append(f"{label}: {value!r} outside the committed "
+                                        f"{a['value']:.4g} [{a['ci_low']:.4g}, {a['ci_high']:.4g}]")
+        elif isinstance(a, dict):
+            for k, v in a.items():
+                if k != "platform":
+                    walk(v, b.get(k) if isinstance(b, dict) else None, f"{key}.{k}" if key else str(k))
+
+    walk(committed, rerun, "")
+    plain = compare_metrics({k: v for k, v in committed.items() if k != "platform"},
+                            {k: v for k, v in rerun.items() if k != "platform"})
+    result.changed += len(plain.different)
+    result.compared += plain.compared
+    return result
+
+
+def recorded_kind(doc: dict) -> str | None:
+    """The machine kind a metrics document records (`platform`), or None for documents written before it did."""
+    plat = doc.get("platform")
+    if not isinstance(plat, dict):
+        return None
+    return f"{plat['device']}:{plat.get('gpu', '')}" if plat.get("device") not in (None, "cpu") else plat.get("cpu_kind")
+
+
+def current_kind() -> str:
+    rec = hardware.platform_record(hardware.detect())
+    return recorded_kind({"platform": rec})
+
+
 def stage_outputs(stage: str, root: Path = Path(".")) -> tuple[list[str], list[str]]:
     """(metrics files, outputs kept in git: `cache: false`) a dvc.yaml stage declares (foreach items: `name@key`)."""
     from dvc.exceptions import DvcException
@@ -133,13 +182,27 @@ def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 
                 echo=print) -> Comparison:
     paths, in_git = stage_outputs(stage, root)
     committed = {p: committed_json(p, rev, root) for p in paths}
+    kinds = {recorded_kind(doc) for doc in committed.values()}
+    here = current_kind()
+    same_kind = kinds == {here}
+    precisions = {doc["platform"]["precision"] for doc in committed.values() if "precision" in doc.get("platform", {})}
+    if precisions:
+        echo(f"committed precision: {', '.join(sorted(precisions))} (the rerun resolves its own; see its platform)")
+    if not same_kind:
+        were = ", ".join(sorted(k or "an unrecorded kind" for k in kinds))
+        echo(f"the committed metrics come from {were}, this machine is {here}: numbers are identical only on the same "
+             "kind, so the headline metrics are compared with their confidence intervals instead")
     echo(f"rerunning {stage} (dvc repro --force --single-item {stage}); comparing {', '.join(paths)} with {rev}")
     proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=venv_env())
     if proc.returncode != 0:
         raise DetoxError(f"dvc repro of {stage} failed (exit {proc.returncode})")
-    result = Comparison()
+    result = Comparison(mode="exact" if same_kind else "ci")
     for p in paths:
-        compare_metrics(committed[p], json.loads((root / p).read_text()), rtol, atol, p, result)
-    if result.ok:
+        rerun = json.loads((root / p).read_text())
+        if same_kind:
+            compare_metrics(committed[p], rerun, rtol, atol, p, result)
+        else:
+            compare_within_ci(committed[p], rerun, p, result)
+    if result.ok and result.mode == "exact":
         restore_committed(stage, in_git, root)
     return result

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
@@ -52,8 +52,8 @@ def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[
             continue
         rows_t, cols_t = torch.tensor(pairs).T
         with torch.inference_mode():
-            hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
-            logits = model.lm_head(hidden[rows_t, cols_t]).float()
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+            logits = model.get_output_embeddings()(hidden[rows_t, cols_t]).float()
         nll = torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t + 1], reduction="none")
         sums = torch.zeros(len(seqs)).index_add_(0, rows_t, nll)
         counts = torch.bincount(rows_t, minlength=len(seqs))
@@ -142,5 +142,6 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
                                            ev.ci_level, ev.seed),
         }
     write_jsonl(scores_path, scored)
+    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, result)
     return result

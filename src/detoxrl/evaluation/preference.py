@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json
 from ..params import Params
 from .evaluate import continuation_nll
@@ -81,5 +81,6 @@ def preference_accuracy(pairs_path: str | Path, base_dir: str | Path, metrics_pa
     reward = params.dpo.beta * (logps["dpo"][:, :, 0] - logps["sft"][:, :, 0])
     result["dpo_reward_accuracy"] = {**_accuracy(reward[:, 0], reward[:, 1], params), "beta": params.dpo.beta,
                                      "reference": "sft"}
+    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, result)
     return result

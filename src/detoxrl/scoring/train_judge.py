@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..data.rtp import normalise
 from ..io import atomic_dir, read_jsonl, write_json
 from ..params import Params
@@ -161,5 +161,6 @@ def train_judge(rtp_dir: str | Path, eval_prompts_path: str | Path, out_dir: str
             metrics["calibration"][name] = {"version": version, "n_texts": len(raw), "knots": len(c.x)}
         save_calibrations(tmp / CALIBRATION_FILE, calibrators)
     metrics["seconds"] = {"encode": round(encode_s, 1), "total": round(time.monotonic() - start, 1)}
+    metrics["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, metrics)
     return metrics

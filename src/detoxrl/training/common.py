@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..params import LoraParams, TrainParams
 
 # Trainer log keys that are timings or bookkeeping, not curves.
@@ -42,7 +42,22 @@ def quantization_config(params: TrainParams, stage: str):
     if params.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if params.bf16 else torch.float16)
+                              bnb_4bit_compute_dtype=torch.bfloat16 if use_bf16(params)[0] else torch.float16)
+
+
+def use_bf16(params: TrainParams, caps: hardware.Capabilities | None = None) -> tuple[bool, str]:
+    """`bf16: auto | true | false` resolved for this machine (hardware.resolve_precision): (bf16?, why)."""
+    requested = "auto" if params.bf16 == "auto" else "bf16" if params.bf16 else "none"
+    precision, why = hardware.resolve_precision(requested, caps or hardware.detect())
+    return precision == "bf16", why
+
+
+def platform(params: TrainParams, stage: str) -> dict:
+    """The platform record of a TRL stage's metrics; prints the precision decision once."""
+    caps = hardware.detect()
+    bf16, why = use_bf16(params, caps)
+    print(f"{stage}: {'bf16' if bf16 else 'fp32'} ({why})")
+    return hardware.platform_record(caps, "bf16" if bf16 else "none", why)
 
 
 def load_model(path: str | Path, quant_config):
@@ -75,7 +90,7 @@ def trainer_args(params: TrainParams) -> dict:
         per_device_train_batch_size=params.batch_size, per_device_eval_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr,
         lr_scheduler_type=params.lr_scheduler, warmup_steps=params.warmup_ratio,  # < 1: a ratio of the steps
-        max_length=params.max_length, bf16=params.bf16, activation_checkpointing=params.gradient_checkpointing,
+        max_length=params.max_length, bf16=use_bf16(params)[0], activation_checkpointing=params.gradient_checkpointing,
         logging_steps=params.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=params.save_steps, save_total_limit=2,
         report_to="none",  # curves go through DVCLiveCurves (below), stepped by global_step

@@ -59,6 +59,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
     train = [to_preference(r) for r in read_jsonl(train_path)]
     val = [to_preference(r) for r in read_jsonl(val_path)][: params.eval_pairs]
     fp = common.fingerprint(params, [sft_dir, base_dir, train_path, val_path])
+    platform = common.platform(params, "dpo")  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, fp)
     model, tokenizer = sft_model(sft_dir, base_dir, quant, Path(params.checkpoint_dir))
 
@@ -78,7 +79,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     validation = {k[5:]: v for k, v in evals[-1].items()
                   if k == "eval_loss" or k.startswith(("eval_rewards/", "eval_logps/"))}
-    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model),
+    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
                "pairs": len(trainer.train_dataset), "validation_pairs": len(val), "loss_type": params.loss_type,
                "beta": params.beta, "validation": validation}
 

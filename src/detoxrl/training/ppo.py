@@ -16,7 +16,8 @@ loop takes any text reward (`scoring.rewards.RewardSource`). The implementation 
   4. Value head: a linear layer on the policy's last hidden state, sharing its trunk (one forward
      pass yields logits and values; on 2 CPU cores a separate value model would double the cost).
      `mixed_precision: bf16` runs the forwards under bf16 autocast (on CPU too) and samples from a
-     bf16 copy of the policy.
+     bf16 copy of the policy; `auto` (the default) picks it only where the device computes bf16
+     natively (hardware.py), fp32 elsewhere.
   5. GAE (gamma, lambda) over response tokens, returns = advantages + values, advantages whitened.
   6. Optimisation: `epochs` passes over shuffled minibatches; clipped policy loss, clipped value
      loss, optional entropy bonus, gradient clipping. Log-probs use the rollout temperature.
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 from ..io import atomic_dir, read_jsonl, write_json
 from . import common
 
@@ -162,10 +163,10 @@ class PolicyWithValue(nn.Module):
         """
         lm = self.policy.get_base_model()
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids).last_hidden_state
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids).last_hidden_state
         h = hidden[:, n_prompt - 1:-1]  # the state before each response token
-        logits = lm.lm_head(h).float() / temperature
+        logits = lm.get_output_embeddings()(h).float() / temperature
         logp_all = F.log_softmax(logits, dim=-1)
         logprobs = logp_all.gather(-1, input_ids[:, n_prompt:, None]).squeeze(-1)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
@@ -220,14 +221,19 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     p = params
     sft_dir, prompts_path, checkpoint_dir = Path(sft_dir), Path(prompts_path), Path(checkpoint_dir)
     torch.manual_seed(p.seed)
-    accelerator = Accelerator(mixed_precision="no" if p.mixed_precision == "none" else p.mixed_precision, gradient_accumulation_steps=p.grad_accum_steps)
+    # auto: bf16 only where the device computes it natively (emulated bf16 is several times slower than fp32)
+    caps = hardware.detect()
+    precision, why = hardware.resolve_precision(p.mixed_precision, caps)
+    print(f"ppo: precision {precision if precision != 'none' else 'fp32'} ({why})")
+    accelerator = Accelerator(mixed_precision="no" if precision == "none" else precision,
+                              gradient_accumulation_steps=p.grad_accum_steps)
 
     # --- models: SFT weights (frozen) + a fresh LoRA adapter = policy; adapter disabled = reference
     base_model, tokenizer = load_for_inference(sft_dir, base_dir)
     # Under bf16 the rollout samples from a bf16 copy of the weights with the adapter merged in,
     # refreshed every step: decoding reads every weight once per token, so halving the bytes nearly
     # halves its time (training keeps fp32 weights under autocast, which is faster there).
-    sampler = copy.deepcopy(base_model).to(torch.bfloat16) if p.mixed_precision == "bf16" else None
+    sampler = copy.deepcopy(base_model).to(torch.bfloat16) if precision == "bf16" else None
     lora = LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
                       target_modules=list(p.lora.target_modules), task_type="CAUSAL_LM")
     model = PolicyWithValue(get_peft_model(base_model, lora))
@@ -392,7 +398,8 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             {"reward": reward.name, "judges_in_reward": reward.judges, "init": str(sft_dir), "steps": p.steps},
             indent=2) + "\n")
     final = {"steps": p.steps, "reward_source": reward.name, "judges_in_reward": reward.judges,
-             **{k.replace("/", "_"): v for k, v in stats.items()}}
+             **{k.replace("/", "_"): v for k, v in stats.items()},
+             "platform": hardware.platform_record(caps, precision, why)}
     write_json(metrics_path, final)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return final

@@ -87,6 +87,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
 
     train, val = read_jsonl(train_path), read_jsonl(val_path)[: params.eval_pairs]
     inputs = [train_path, val_path] + ([] if is_hub else [path])
+    platform = common.platform(params, "reward_model")  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, inputs))
     set_seed(params.seed)  # the new scalar head is drawn at load, before the trainer seeds anything
     model = load_backbone(path, is_hub, tokenizer, quant, params)
@@ -102,7 +103,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     validation = {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval_") and "runtime" not in k
                   and "per_second" not in k}
-    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model),
+    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
                "pairs_seen": trainer.state.global_step * params.batch_size * params.grad_accum,
                "train_pairs": len(trainer.train_dataset), "validation_pairs": len(val),
                "backbone": params.backbone, "context_turns": params.context_turns, "validation": validation}

@@ -47,12 +47,13 @@ def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
 
     quant = common.quantization_config(params, "sft")  # fails here, before anything loads, without CUDA
     records = read_jsonl(data_path)
+    platform = common.platform(params, "sft")  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, [base_dir, data_path]))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     trainer = build_trainer(common.load_model(base_dir, quant), tokenizer, records, params,
                             [common.make_curves_callback(plots_dir), *callbacks])
     output = trainer.train(resume_from_checkpoint=resume)
-    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model),
+    metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
                "examples": len(trainer.train_dataset), "lora": params.lora.enabled, "merged": False}
 
     final = Path(params.checkpoint_dir) / "final"
