@@ -11,6 +11,12 @@ loops) and no gradient checkpointing on either (GRPOConfig turns it on by defaul
 use it). Prints samples/s of each and the ratio (the PPO stage's memory: bench_ppo_memory.py).
 
   python benchmarks/bench_ppo.py [--steps 4] [--passes 1,4] [--tokens 24] [--precision fp32,bf16] [--per-prompt 4]
+  python benchmarks/bench_ppo.py --processes 1,2     PPO alone, data parallel: 1 vs 2 processes of one thread each
+
+`--processes` runs the same PPO (fp32, 16 responses per step in all) under `accelerate launch` with 1 and 2 CPU
+processes (gloo, OMP_NUM_THREADS=1 each) and prints samples/s and their ratio: with one thread per process, 2
+processes would reach 2x if data parallelism cost nothing; the shortfall is its overhead (gradient all-reduce,
+gathers, padding to each process's own longest prompt).
 """
 
 from __future__ import annotations
@@ -58,7 +64,10 @@ def run_ppo(steps: int, passes: int, tokens: int, prompts: Path, precision: str,
                   tmp / "ckpt", params, reward_source(), lambda text, tok: text, progress=False)
         # the loop's own per-step wall times (rollout to optimiser step), like GRPO's StepTimer below:
         # model loading, merging and saving are left out of both
-        rows = (tmp / "plots" / "plots" / "metrics" / "time" / "step_s.tsv").read_text().splitlines()[1:]
+        tsv = tmp / "plots" / "plots" / "metrics" / "time" / "step_s.tsv"
+        if not tsv.exists():  # data parallel: only the main process writes the curves
+            return float("nan")
+        rows = tsv.read_text().splitlines()[1:]
         return steps * 16 / sum(float(r.split("\t")[1]) for r in rows)
 
 
@@ -102,8 +111,40 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str
         return steps * 16 / sum(timer.seconds)
 
 
+def data_parallel(processes: list[int], steps: int, tokens: int) -> None:
+    """samples/s of PPO under N CPU processes of one thread each, launched as a user would."""
+    import os
+    import subprocess
+    import sys
+
+    from detoxrl.launch import free_port
+
+    rates = {}
+    for n in processes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rate.txt"
+            cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", *(["--multi_gpu"] if n > 1 else []),
+                   "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+                   "no", "--main_process_port", str(free_port()), __file__, "--worker", str(out),
+                   "--steps", str(steps), "--tokens", str(tokens)]
+            subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+            rates[n] = float(out.read_text())
+        print(f"data parallel: {n} process(es) x 1 thread: PPO {rates[n]:.2f} samples/s, "
+              f"{rates[n] / rates[processes[0]]:.2f}x of {processes[0]} (ideal {n / processes[0]:.0f}x)", flush=True)
+
+
+def worker(out: Path, steps: int, tokens: int) -> None:
+    from accelerate import PartialState
+
+    rate = run_ppo(steps, 1, tokens, ROOT / "data/processed/ppo_prompts.jsonl", "fp32", 1)
+    if PartialState().is_main_process:
+        out.write_text(str(rate))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--processes", help="e.g. 1,2: PPO alone under that many CPU processes of one thread each")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=4, help="optimisation batches of 16 completions")
     ap.add_argument("--passes", default="1,4")
     ap.add_argument("--tokens", type=int, default=24)
@@ -111,6 +152,8 @@ def main() -> None:
                     help="PPO responses per prompt: 4 gives GRPO's batch shape (4 prompts x 4), 1 is 16 prompts x 1")
     ap.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast), applied to both loops")
     args = ap.parse_args()
+    if args.worker:
+        return worker(Path(args.worker), args.steps, args.tokens)
     prompts = ROOT / "data/processed/ppo_prompts.jsonl"
     from accelerate.state import AcceleratorState
 
@@ -120,6 +163,8 @@ def main() -> None:
     # ratios from CPUs of other kinds differ: bf16 autocast is native on AVX512-BF16/AMX, emulated (slow) elsewhere
     print(f"machine: {hardware.cpu_kind(caps)}; bf16: {hardware.native_bf16(caps)[1]}; "
           f"ppo.mixed_precision auto -> {hardware.resolve_precision('auto', caps)[0]}", flush=True)
+    if args.processes:
+        return data_parallel([int(n) for n in args.processes.split(",")], args.steps, args.tokens)
 
     for precision in args.precision.split(","):
         for passes in (int(x) for x in args.passes.split(",")):

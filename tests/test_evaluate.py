@@ -54,7 +54,7 @@ def test_evaluate_metrics_and_scores(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     write_jsonl(tmp_path / "gen.jsonl", gen_rows({"p0", "p1"}))
-    p = params(tmp_path)
+    p = params(tmp_path, fluency_samples_per_prompt=2)  # both samples of each prompt (k = 2) get a perplexity
     res = evaluate("base", tmp_path / "gen.jsonl", tmp_path / "prompts.jsonl", tiny_dir, tmp_path / "m.json",
                    tmp_path / "s.jsonl", p)
     assert json.loads((tmp_path / "m.json").read_text()) == res

@@ -339,3 +339,27 @@ def test_a_base_model_without_chat_template_runs_the_whole_pipeline(ws, tmp_path
     for name in ("base", "sft", "dpo", "ppo"):
         ev = json.loads((repo / "metrics" / "eval" / f"{name}.json").read_text())
         assert 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
+
+
+def test_exp_run_with_two_processes(ws):
+    """`dvc exp run -S compute.num_processes=2` as the README shows it: the training stages and generation re-launch
+    themselves under `accelerate launch` (2 CPU processes, gloo), the main process alone writes, and the metrics
+    files keep their schema. The smoke profile's batches of 1 are doubled so that 2 processes can share them."""
+    repo = ws.path
+    before = {f: json.loads((repo / "metrics" / f).read_text()) for f in ("ppo.json", "sft.json", "eval/ppo.json")}
+    out = run(["dvc", "exp", "run", "-S", "compute.num_processes=2", "-S", "sft.grad_accum=2", "-S", "dpo.grad_accum=2",
+               "-S", "reward_model.grad_accum=2"], repo)
+    assert {"sft", "dpo", "reward_model", "ppo", "generate@base", "generate@ppo", "evaluate@ppo", "report"} <= ran(out)
+    assert out.count("ppo: precision") == 1 and "2 process(es)" in out, out  # one main process speaks
+    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
+    assert ppo["processes"] == 2 and set(ppo) == set(before["ppo.json"])
+    sft = json.loads((repo / "metrics" / "sft.json").read_text())
+    assert sft["platform"]["processes"] == 2 and set(sft) == set(before["sft.json"])
+    ev = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())
+    assert set(ev) == set(before["eval/ppo.json"]) and ev["n_prompts"] == before["eval/ppo.json"]["n_prompts"]
+    rows = [json.loads(line) for line in (repo / "data" / "generations" / "ppo.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line)["id"] for line in (repo / "data/processed/eval_prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == [i for i in prompts for _ in range(2)]  # gathered back in prompt order
+    for curve in ("plots/ppo/plots/metrics/reward/score_mean.tsv", "plots/sft/plots/metrics/train/loss.tsv"):
+        steps = [line.split("\t")[0] for line in (repo / curve).read_text().splitlines()[1:]]
+        assert len(steps) == len(set(steps)), curve  # one writer: no step logged twice

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from . import DetoxError
+from . import DetoxError, launch
 
 app = typer.Typer(
     help="Reproducible RLHF (PPO) and DPO experiments for reducing language-model toxicity. "
@@ -95,8 +95,11 @@ def sft(
     """Supervised fine-tuning (TRL SFTTrainer, LoRA by default) of the base model on the chosen responses."""
     from .training.sft import train_sft
 
-    m = train_sft(base, data, out, metrics, plots, _params(params).sft)
-    typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
+    p = _params(params)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    m = train_sft(base, data, out, metrics, plots, p.sft)
+    if launch.rank() == 0:
+        typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
 
 
 @app.command()
@@ -113,10 +116,13 @@ def dpo(
     """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
     from .training.dpo import train_dpo
 
-    m = train_dpo(sft_model, base, train, val, out, metrics, plots, _params(params).dpo)
+    p = _params(params)
+    launch.relaunch(p.compute)
+    m = train_dpo(sft_model, base, train, val, out, metrics, plots, p.dpo)
     v = m["validation"]
-    typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
-               f"{v['rewards/accuracies']:.3f} -> {out}")
+    if launch.rank() == 0:
+        typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
+                   f"{v['rewards/accuracies']:.3f} -> {out}")
 
 
 @app.command("pref-eval")
@@ -148,9 +154,12 @@ def reward_model(
     """Pairwise (Bradley-Terry) reward model on preference pairs (TRL RewardTrainer, LoRA by default)."""
     from .training.reward_model import train_reward_model
 
-    m = train_reward_model(base, train, val, out, metrics, plots, _params(params).reward_model)
-    typer.echo(f"reward_model: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation accuracy "
-               f"{m['validation'].get('accuracy', float('nan')):.3f} -> {out}")
+    p = _params(params)
+    launch.relaunch(p.compute)
+    m = train_reward_model(base, train, val, out, metrics, plots, p.reward_model)
+    if launch.rank() == 0:
+        typer.echo(f"reward_model: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation accuracy "
+                   f"{m['validation'].get('accuracy', float('nan')):.3f} -> {out}")
 
 
 @app.command("eval-reward-model")
@@ -188,8 +197,10 @@ def generate(
     from .evaluation.generate import generate as run
 
     p = _params(params)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
     n = run(_model_dir(p, model), base, prompts, out_dir / f"{model}.jsonl", p.generate)
-    typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
+    if launch.rank() == 0:
+        typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
 
 
 @app.command()
@@ -266,12 +277,14 @@ def ppo(params: Path = ParamsOpt):
     from .training.ppo import train_ppo
 
     p = _params(params)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
     reward = make_reward(p)
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", "models/ppo",
                       "metrics/ppo.json", "plots/ppo", ".cache/checkpoints/ppo", p.ppo, reward,
                       lambda text, tok: format_prompt(text, tok, p.generate),
                       reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()])
-    typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}")
+    if launch.rank() == 0:
+        typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}")
 
 
 @app.command("check-params")

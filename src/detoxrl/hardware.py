@@ -68,6 +68,15 @@ def detect(device: str | None = None) -> Capabilities:
         gpu_name=gpu_name, gpu_bf16=gpu_bf16)
 
 
+def process_state():
+    """accelerate's PartialState of this process: its device, rank and number of processes (one, unless started
+    by `accelerate launch`). Without CUDA the processes run on the CPU and talk over gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def native_bf16(caps: Capabilities) -> tuple[bool, str]:
     """Does the device compute bf16 natively? (answer, the reason in a few words)."""
     if caps.device == "cuda":

@@ -335,8 +335,15 @@ class PPOParams(Strict):
         return self
 
 
+class ComputeParams(Strict):
+    # processes the data-parallel stages (ppo) run in: > 1 re-launches the stage through `accelerate launch`
+    num_processes: PositiveInt
+    accelerate_config: str | None  # an accelerate config file (configs/accelerate/*.yaml); null = plain DDP
+
+
 class Params(Strict):
     raw_data: RawDataParams
+    compute: ComputeParams
     base_model: BaseModelParams
     prepare: PrepareParams
     sft: SFTParams

@@ -43,19 +43,19 @@ def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[
             seqs.append(c + tokenizer(cont, add_special_tokens=False)["input_ids"])
             n_ctx.append(len(c))
         width = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # right-padded
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)  # right-padded
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
         # (row, position) pairs whose hidden state predicts a continuation token at position + 1
         pairs = [(i, j) for i, s in enumerate(seqs) for j in range(max(n_ctx[i] - 1, 0), len(s) - 1)]
         if not pairs:
             out += [(0.0, 0)] * len(seqs)
             continue
-        rows_t, cols_t = torch.tensor(pairs).T
+        rows_t, cols_t = torch.tensor(pairs, device=model.device).T
         with torch.inference_mode():
             hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
             logits = model.get_output_embeddings()(hidden[rows_t, cols_t]).float()
         nll = torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t + 1], reduction="none")
-        sums = torch.zeros(len(seqs)).index_add_(0, rows_t, nll)
+        sums = torch.zeros(len(seqs), device=model.device).index_add_(0, rows_t, nll.float())
         counts = torch.bincount(rows_t, minlength=len(seqs))
         out += list(zip(sums.tolist(), counts.tolist()))
     return out

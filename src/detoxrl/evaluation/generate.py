@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import hardware
 from ..io import read_jsonl, write_jsonl
 from ..models.load import eos_token_ids, load_for_inference
 from ..params import GenerateParams
@@ -37,8 +38,8 @@ def sample_top_p(logits, temperature: float, top_p: float, generator, tiers: tup
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1.0:  # the whole vocabulary is the nucleus
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    tokens = torch.empty(probs.shape[0], dtype=torch.long)
-    pending = torch.arange(probs.shape[0])
+    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    pending = torch.arange(probs.shape[0], device=probs.device)
     for k in (*tiers, probs.shape[-1]):
         k = min(k, probs.shape[-1])
         p, idx = probs[pending].topk(k, dim=-1)  # sorted, descending
@@ -70,7 +71,8 @@ def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int,
     """
     import torch
 
-    eos = torch.tensor(eos_ids)
+    device = input_ids.device
+    eos = torch.tensor(eos_ids, device=device)
     mask = attention_mask
     trunk, head = (model.get_decoder(), model.get_output_embeddings()) if collect else (None, None)
 
@@ -91,9 +93,9 @@ def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int,
         hidden = hidden.repeat_interleave(k, dim=0) if collect else None
         mask = mask.repeat_interleave(k, dim=0)
         n_rows = logits.shape[0]
-        tokens = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long)
+        tokens = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
         logprobs, hiddens = [], []
-        done = torch.zeros(n_rows, dtype=torch.bool)
+        done = torch.zeros(n_rows, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             nxt = sample_top_p(logits, temperature, top_p, generator).masked_fill(done, pad_id)
             tokens[:, step] = nxt
@@ -109,9 +111,9 @@ def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int,
         return tokens, done
     # steps not taken (every row ended early) are padding: log-prob 0, hidden state 0
     t = len(logprobs)
-    lp = torch.zeros(n_rows, max_new_tokens)
+    lp = torch.zeros(n_rows, max_new_tokens, device=device)
     lp[:, :t] = torch.cat(logprobs, 1)
-    hs = torch.zeros(n_rows, max_new_tokens, hiddens[0].shape[-1])
+    hs = torch.zeros(n_rows, max_new_tokens, hiddens[0].shape[-1], device=device)
     hs[:, :t] = torch.stack(hiddens, 1)
     return tokens, done, lp, hs
 
@@ -130,10 +132,11 @@ def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateP
     batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
     results: list[list[dict]] = [[] for _ in prompts]
     for b, idx in enumerate(tqdm(batches, desc="generate", disable=not progress)):
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
         tokens, ended = sample_tokens(model, enc["input_ids"], enc["attention_mask"], params.k, params.max_new_tokens,
                                       params.temperature, params.top_p, eos_ids, tokenizer.pad_token_id,
-                                      torch.Generator().manual_seed(params.seed + b))
+                                      torch.Generator(device=model.device).manual_seed(params.seed + b))
         for row, (seq, eos) in enumerate(zip(tokens.tolist(), ended.tolist())):
             n = next(j for j, t in enumerate(seq) if t in eos_ids) + 1 if eos else len(seq)
             results[idx[row // params.k]].append({
@@ -144,15 +147,26 @@ def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateP
 
 def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_path: str | Path,
              params: GenerateParams) -> int:
+    """Write k continuations per prompt. Under N processes (accelerate launch) each samples every N-th prompt and
+    the main process writes all records back in prompt order (samples then differ from a single process's run:
+    each process's batches and their seeds differ)."""
     import torch
+    from accelerate.utils import gather_object
 
+    state = hardware.process_state()
     torch.manual_seed(params.seed)
     model, tokenizer = load_for_inference(model_dir, base_dir)
     records = read_jsonl(prompts_path)
-    prompts = [format_prompt(r["text"], tokenizer, params) for r in records]
-    samples = sample_continuations(model, tokenizer, prompts, params)
+    mine = list(range(state.process_index, len(records), state.num_processes))
+    prompts = [format_prompt(records[i]["text"], tokenizer, params) for i in mine]
+    samples = sample_continuations(model, tokenizer, prompts, params, progress=state.is_main_process)
+    done = list(zip(mine, samples))
+    if state.num_processes > 1:
+        done = sorted(gather_object(done))
+    if not state.is_main_process:
+        return 0
     rows = [
-        {"prompt_id": r["id"], "subset": r["subset"], "sample": j, **s}
-        for r, ss in zip(records, samples) for j, s in enumerate(ss)
+        {"prompt_id": records[i]["id"], "subset": records[i]["subset"], "sample": j, **s}
+        for i, ss in done for j, s in enumerate(ss)
     ]
     return write_jsonl(out_path, rows)

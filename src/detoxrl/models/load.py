@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 
 
-def load_for_inference(model_dir: str | Path, base_dir: str | Path = "models/base"):
-    """Return (model, tokenizer) in eval mode. A LoRA adapter is merged into its base for speed."""
+def load_for_inference(model_dir: str | Path, base_dir: str | Path = "models/base", device=None):
+    """Return (model, tokenizer) in eval mode on `device` (default: this process's accelerator device, the CPU
+    where there is none). A LoRA adapter is merged into its base for speed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -33,7 +34,7 @@ def load_for_inference(model_dir: str | Path, base_dir: str | Path = "models/bas
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return model, tokenizer
+    return model.to(device or hardware.process_state().device), tokenizer
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

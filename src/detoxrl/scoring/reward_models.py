@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from .. import DetoxError
+from .. import DetoxError, hardware
 
 RewardFormat = Literal["auto", "chat", "pair"]
 INFO_FILE = "detoxrl_reward.json"  # written by the reward_model stage beside the weights
@@ -64,7 +64,7 @@ class RewardModelScorer:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, **kw).eval()
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.device = hardware.process_state().device  # this process's GPU under accelerate launch
             self.model.to(self.device)
         except (OSError, ValueError) as exc:
             where = "the network is needed for hub models" if is_hub else "not a model directory"

@@ -80,6 +80,9 @@ class CompositeReward:
         self.components = {k: c for k, c in components.items() if weights.get(k)}
         self.weights, self.normalize = weights, normalize
         self.moments = {k: RunningMoments() for k in self.components}
+        # data parallel: maps this process's values to the global batch's (all processes', in rank order), so
+        # every process keeps the same running statistics; None = one process
+        self.combine = None
         self.name = "composite:" + "+".join(f"{weights[k]:g}*{c.name}" for k, c in self.components.items())
         self.judges = sorted({j for c in self.components.values() for j in c.judges})
 
@@ -96,7 +99,7 @@ class CompositeReward:
             values = source.score(prompts, responses)
             if self.normalize:
                 m = self.moments[key]
-                m.update(values)
+                m.update(self.combine(values) if self.combine else values)
                 values = [(v - m.mean) / max(m.std, 1e-6) for v in values]
             total = [t + self.weights[key] * v for t, v in zip(total, values)]
         return total

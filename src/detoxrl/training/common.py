@@ -56,8 +56,35 @@ def platform(params: TrainParams, stage: str) -> dict:
     """The platform record of a TRL stage's metrics; prints the precision decision once."""
     caps = hardware.detect()
     bf16, why = use_bf16(params, caps)
-    print(f"{stage}: {'bf16' if bf16 else 'fp32'} ({why})")
-    return hardware.platform_record(caps, "bf16" if bf16 else "none", why)
+    state = hardware.process_state()
+    if state.is_main_process:
+        print(f"{stage}: {'bf16' if bf16 else 'fp32'} ({why}); {state.num_processes} process(es) on {state.device}")
+    return {**hardware.platform_record(caps, "bf16" if bf16 else "none", why), "processes": state.num_processes}
+
+
+def is_main() -> bool:
+    """The process that writes a stage's outputs (the only one, unless launched with several)."""
+    return hardware.process_state().is_main_process
+
+
+def barrier() -> None:
+    hardware.process_state().wait_for_everyone()
+
+
+def per_process_batch(params: TrainParams, stage: str) -> tuple[int, int]:
+    """(batch_size, grad_accum) of each process. params.yaml gives the global batch of an optimizer step
+    (batch_size x grad_accum sequences or pairs); N data-parallel processes share it, so a run sees the same data
+    per step whatever N: grad_accum is divided first, then batch_size."""
+    world = hardware.process_state().num_processes
+    b, g = params.batch_size, params.grad_accum
+    if world == 1:
+        return b, g
+    if g % world == 0:
+        return b, g // world
+    if (b * g) % world == 0 and b % (world // math.gcd(g, world)) == 0:
+        return b // (world // math.gcd(g, world)), g // math.gcd(g, world)
+    raise DetoxError(f"{stage}: the global batch ({stage}.batch_size {b} x grad_accum {g}) cannot be split evenly "
+                     f"over {world} processes")
 
 
 def load_model(path: str | Path, quant_config):
@@ -82,13 +109,14 @@ def lora_config(lora: LoraParams, task_type: str = "CAUSAL_LM"):
                       target_modules=lora.target_modules, task_type=task_type)
 
 
-def trainer_args(params: TrainParams) -> dict:
+def trainer_args(params: TrainParams, stage: str = "train") -> dict:
     """TrainingArguments shared by SFTConfig and DPOConfig, from the params block."""
+    batch_size, grad_accum = per_process_batch(params, stage)
     return dict(
         output_dir=params.checkpoint_dir, seed=params.seed, data_seed=params.seed,
         max_steps=params.max_steps or -1, num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size, per_device_eval_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, learning_rate=params.lr,
         lr_scheduler_type=params.lr_scheduler, warmup_steps=params.warmup_ratio,  # < 1: a ratio of the steps
         max_length=params.max_length, bf16=use_bf16(params)[0], activation_checkpointing=params.gradient_checkpointing,
         logging_steps=params.logging_steps, logging_first_step=True,
@@ -119,13 +147,15 @@ def resume_checkpoint(checkpoint_dir: str | Path, fp: str) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt, stamp = Path(checkpoint_dir), Path(checkpoint_dir) / "fingerprint.txt"
-    if ckpt.is_dir() and (not stamp.exists() or stamp.read_text() != fp):
-        print(f"{ckpt}: discarding checkpoints written for other params or inputs")
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fp)
+    if is_main():  # data parallel: one process tidies, the others wait for it
+        if ckpt.is_dir() and (not stamp.exists() or stamp.read_text() != fp):
+            print(f"{ckpt}: discarding checkpoints written for other params or inputs")
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fp)
+    barrier()
     last = get_last_checkpoint(str(ckpt))
-    if last:
+    if last and is_main():
         print(f"resuming from {last}")
     return last
 
@@ -143,9 +173,11 @@ def make_curves_callback(plots_dir: str | Path):
         whole. dvclive writes no dvc.yaml and saves no experiment: the pipeline declares plots_dir itself."""
 
         def __init__(self):
-            self.live = Live(str(plots_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+            self.live = None  # made by the main process only (data parallel: one writer)
 
         def _log(self, step: int, logs: dict):
+            if self.live is None:
+                return
             self.live.step = step
             for key, value in logs.items():
                 if key not in _NOT_CURVES and key != "step" and isinstance(value, (int, float)):
@@ -153,6 +185,9 @@ def make_curves_callback(plots_dir: str | Path):
                     self.live.log_metric(name, value)
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            self.live = Live(str(plots_dir), save_dvc_exp=False, dvcyaml=False, report=None)
             for logs in state.log_history:  # non-empty only when resuming from a checkpoint
                 self._log(logs["step"], logs)
 

@@ -38,9 +38,12 @@ def sft_model(sft_dir: Path, base_dir: Path, quant, scratch: Path):
     """The SFT weights as a plain (adapter-free) model, quantized on load if asked; and the tokenizer."""
     from ..models.load import load_for_inference
 
-    model, tokenizer = load_for_inference(sft_dir, base_dir)  # a LoRA SFT adapter comes merged into the base
+    # a LoRA SFT adapter comes merged into the base; the trainer moves the model to the device
+    model, tokenizer = load_for_inference(sft_dir, base_dir, device="cpu")
     if quant is not None:  # quantize the SFT weights, not the base's
-        model.save_pretrained(scratch / "sft-merged")
+        if common.is_main():
+            model.save_pretrained(scratch / "sft-merged")
+        common.barrier()
         model = common.load_model(scratch / "sft-merged", quant)
     return model, tokenizer
 
@@ -64,7 +67,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
     model, tokenizer = sft_model(sft_dir, base_dir, quant, Path(params.checkpoint_dir))
 
     lm_head.install()  # CPU: LM head on response positions only, logits not recomputed in backward
-    args = DPOConfig(**common.trainer_args(params), beta=params.beta, loss_type=[params.loss_type],
+    args = DPOConfig(**common.trainer_args(params, "dpo"), beta=params.beta, loss_type=[params.loss_type],
                      eval_strategy="steps", eval_steps=params.eval_steps, precompute_ref_log_probs=False)
     trainer = DPOTrainer(
         model=model, ref_model=None if params.lora.enabled else copy.deepcopy(model), args=args,
@@ -84,15 +87,19 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
                "beta": params.beta, "validation": validation}
 
     final = Path(params.checkpoint_dir) / "final"
-    trainer.save_model(str(final))  # the DPO adapter (LoRA) or the whole model
+    trainer.save_model(str(final))  # the DPO adapter (LoRA) or the whole model; every process takes part (ZeRO-3)
+    if not common.is_main():  # data parallel: the main process alone writes the stage's outputs
+        common.barrier()
+        return metrics
     with atomic_dir(out_dir) as tmp:
         if params.lora.enabled:
             # Merged into full-precision SFT weights (not the quantized ones a QLoRA run trained over).
-            sft, _ = load_for_inference(sft_dir, base_dir)
+            sft, _ = load_for_inference(sft_dir, base_dir, device="cpu")
             PeftModel.from_pretrained(sft, final).merge_and_unload().save_pretrained(tmp)
         else:
             trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     write_json(metrics_path, metrics)
     shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
+    common.barrier()
     return metrics

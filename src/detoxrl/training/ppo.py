@@ -52,14 +52,19 @@ from . import common
 # The math, as small pure functions (unit-tested on hand-computed values)
 # ---------------------------------------------------------------------------------------------
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit variance over the valid (mask = 1) entries; invalid entries become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, total=_local) -> torch.Tensor:
+    """Mean over the valid entries; `total` sums a value over the processes (data parallel: the global mean)."""
+    return total((x * mask).sum()) / total(mask.sum()).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total=_local) -> torch.Tensor:
+    """Zero mean, unit variance over the valid (mask = 1) entries of the global batch; invalid entries become 0."""
+    mean = masked_mean(x, mask, total)
+    var = masked_mean((x - mean) ** 2, mask, total)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -72,7 +77,7 @@ def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards * mask, kl
 
 
@@ -85,8 +90,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """
     values = values * mask
     advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros(rewards.shape[0])
-    next_adv = torch.zeros(rewards.shape[0])
+    next_value = rewards.new_zeros(rewards.shape[0])
+    next_adv = rewards.new_zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
@@ -95,21 +100,25 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
-    """Clipped surrogate objective (as a loss), the clip fraction and the approximate KL."""
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float, mean=masked_mean):
+    """Clipped surrogate objective (as a loss), the clip fraction and the approximate KL.
+
+    `mean(x, mask)` averages over tokens: the minibatch's own (one process), or, data parallel, a sum over this
+    process's tokens divided by the tokens of all processes' minibatches, so that DDP's gradient average gives
+    the gradient of the global minibatch's loss (see train_ppo)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
     clip_frac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
     approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # the k3 estimator of KL(old || new)
-    return masked_mean(loss, mask), clip_frac, approx_kl
+    return mean(loss, mask), clip_frac, approx_kl
 
 
-def value_loss(values, old_values, returns, mask, clip_range: float):
+def value_loss(values, old_values, returns, mask, clip_range: float, mean=masked_mean):
     """Clipped value loss: the larger of the plain and the clipped squared error, halved."""
     clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
     loss = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-    return 0.5 * masked_mean(loss, mask)
+    return 0.5 * mean(loss, mask)
 
 
 def cvar_alpha(step: int, target: float, anneal_steps: int) -> float:
@@ -192,6 +201,114 @@ def merge_into(peft_model, target: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Data parallel: what a process needs from the others
+# ---------------------------------------------------------------------------------------------
+
+class Processes:
+    """Sums and concatenations over the processes of a data-parallel run (`accelerate launch`, DDP).
+
+    Each process samples its own slice of the rollout batch; whatever normalises or summarises the batch
+    (advantage whitening, the composite reward's running statistics, the KL controller, the logged statistics)
+    sees the global batch through these. With one process they are identities, so the single-process loop
+    computes exactly what it computed before data parallelism existed.
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator, self.world, self.rank = accelerator, accelerator.num_processes, accelerator.process_index
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.world == 1 else self.accelerator.reduce(t, "sum")
+
+    def cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenation along dim 0 in rank order (every process's slice has the same shape)."""
+        return t if self.world == 1 else self.accelerator.gather(t)
+
+    def cat_floats(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.gather(t).tolist()
+
+    def loss_mean(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The token mean of a loss. Data parallel: this process's token sum over the global token count, times
+        the number of processes, so DDP's gradient average is the gradient of the global minibatch's mean."""
+        if self.world == 1:
+            return masked_mean(x, mask)
+        return (x * mask).sum() / self.total(mask.sum()).clamp(min=1) * self.world
+
+
+# ---------------------------------------------------------------------------------------------
+# One PPO update on a rollout batch
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    """This process's slice of one rollout batch, on the accelerator's device; [rows, T] unless noted."""
+    input_ids: torch.Tensor  # [rows, n_prompt + T]: the left-padded prompt, then the response
+    attn: torch.Tensor  # [rows, n_prompt + T]
+    n_prompt: int
+    mask: torch.Tensor  # 1 on response tokens (the EOS included), 0 after
+    scores: torch.Tensor  # [rows]: the reward source's score (after any missing-EOS penalty)
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    ref_logprobs: torch.Tensor
+
+
+def ppo_update(model, optimizer, accelerator, batch: Rollout, p, kl_coef: float, alpha: float,
+               procs: Processes) -> dict:
+    """Steps 3-5 of the module docstring on one rollout batch: per-token rewards, GAE, whitening over the global
+    batch, the CVaR tail, then `epochs` passes of clipped policy and value losses over shuffled minibatches.
+    Returns the tensors the statistics are made of, and the mean of the minibatch losses."""
+    unwrapped = accelerator.unwrap_model(model)
+    mask = batch.mask
+    rewards, kl = per_token_rewards(batch.scores, batch.old_logprobs, batch.ref_logprobs, mask, kl_coef)
+    advantages, returns = gae(rewards, batch.old_values, mask, p.gamma, p.lam)
+    if p.whiten_advantages:
+        advantages = masked_whiten(advantages, mask, total=procs.total)
+
+    # CVaR: train on the alpha-worst samples by return (off: alpha = 1 keeps all). One process drops the others;
+    # data parallel, every process keeps all its rows and masks the others out of the loss, so that all
+    # processes run the same number of minibatches (DDP synchronises each backward pass).
+    loss_mask = mask
+    if procs.world == 1:
+        keep = cvar_select(rewards.sum(1), alpha)
+    else:
+        chosen = cvar_select(procs.cat(rewards.sum(1)), alpha) - procs.rank * len(mask)
+        in_tail = torch.zeros(len(mask), device=mask.device)
+        in_tail[chosen[(chosen >= 0) & (chosen < len(mask))]] = 1.0
+        loss_mask = mask * in_tail[:, None]
+        keep = torch.arange(len(mask), device=mask.device)
+
+    model.train()
+    minibatch = p.minibatch_size // procs.world
+    epoch_stats = []
+    for _ in range(p.epochs):
+        perm = keep[torch.randperm(len(keep), device=keep.device)]
+        for mb in perm.split(minibatch):
+            with accelerator.accumulate(model):
+                logprobs, entropy, values = model(batch.input_ids[mb], batch.attn[mb], batch.n_prompt, p.temperature,
+                                                  entropy_grad=p.entropy_coef > 0)
+                m = loss_mask[mb]
+                pg, clip_frac, approx_kl = policy_loss(logprobs, batch.old_logprobs[mb], advantages[mb], m,
+                                                       p.clip_range, procs.loss_mean)
+                vf = value_loss(values, batch.old_values[mb], returns[mb], m, p.clip_range_value, procs.loss_mean)
+                ent = masked_mean(entropy, m)
+                loss = pg + p.vf_coef * vf - p.entropy_coef * (ent if procs.world == 1 else procs.loss_mean(entropy, m))
+                if not torch.isfinite(loss):
+                    raise DetoxError(f"ppo: the loss is {loss.item()} (NaN/inf); lower ppo.lr?")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), p.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            epoch_stats.append([pg.item(), vf.item(), loss.item(), clip_frac.item(), approx_kl.item(), ent.item()])
+    losses = torch.tensor(epoch_stats, device=mask.device).mean(0)
+    losses = procs.total(losses) / procs.world if procs.world > 1 else losses
+    del unwrapped
+    return {"rewards": rewards, "kl": kl, "returns": returns, "losses": losses.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------------
 
@@ -209,6 +326,10 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     `reward` is a RewardSource; `prompt_format(text, tokenizer) -> str` builds the model input for
     an RTP prompt, the same way evaluation does. `reward_inputs`: the files/dirs the reward reads
     (a trained RM, a judge), part of the fingerprint that decides whether a checkpoint may be resumed.
+
+    Under `accelerate launch` with N processes (data parallel), each process samples and scores its own
+    batch_size / N responses to its own prompts; gradients are averaged by DDP; only the main process writes
+    the curves, checkpoints, the model and the metrics.
     """
     from accelerate import Accelerator
     from dvclive import Live
@@ -217,6 +338,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
 
     from ..evaluation.generate import sample_tokens
     from ..models.load import eos_token_ids, load_for_inference
+    from ..scoring.rewards import CompositeReward
 
     p = params
     sft_dir, prompts_path, checkpoint_dir = Path(sft_dir), Path(prompts_path), Path(checkpoint_dir)
@@ -224,38 +346,49 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     # auto: bf16 only where the device computes it natively (emulated bf16 is several times slower than fp32)
     caps = hardware.detect()
     precision, why = hardware.resolve_precision(p.mixed_precision, caps)
-    print(f"ppo: precision {precision if precision != 'none' else 'fp32'} ({why})")
     accelerator = Accelerator(mixed_precision="no" if precision == "none" else precision,
-                              gradient_accumulation_steps=p.grad_accum_steps)
+                              gradient_accumulation_steps=p.grad_accum_steps, cpu=caps.device == "cpu")
+    device, procs, main = accelerator.device, Processes(accelerator), accelerator.is_main_process
+    if main:
+        print(f"ppo: precision {precision if precision != 'none' else 'fp32'} ({why}); {procs.world} process(es)"
+              f" on {device}")
+    k = p.samples_per_prompt
+    if p.batch_size % (k * procs.world) or p.minibatch_size % procs.world:
+        raise DetoxError(f"ppo.batch_size ({p.batch_size}) must be a multiple of samples_per_prompt x processes "
+                         f"({k} x {procs.world}), and ppo.minibatch_size ({p.minibatch_size}) of the processes")
+    prompts_per_process = p.batch_size // k // procs.world
 
     # --- models: SFT weights (frozen) + a fresh LoRA adapter = policy; adapter disabled = reference
-    base_model, tokenizer = load_for_inference(sft_dir, base_dir)
+    base_model, tokenizer = load_for_inference(sft_dir, base_dir, device="cpu")
     # Under bf16 the rollout samples from a bf16 copy of the weights with the adapter merged in,
     # refreshed every step: decoding reads every weight once per token, so halving the bytes nearly
     # halves its time (training keeps fp32 weights under autocast, which is faster there).
-    sampler = copy.deepcopy(base_model).to(torch.bfloat16) if precision == "bf16" else None
+    sampler = copy.deepcopy(base_model).to(device=device, dtype=torch.bfloat16) if precision == "bf16" else None
     lora = LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
                       target_modules=list(p.lora.target_modules), task_type="CAUSAL_LM")
     model = PolicyWithValue(get_peft_model(base_model, lora))
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=p.lr, eps=1e-5)
     kl_ctl = KLController(p.kl.coef, p.kl.target if p.kl.adaptive else None, p.kl.horizon)
     eos_ids, pad_id = eos_token_ids(base_model, tokenizer), tokenizer.pad_token_id
+    eos_t = torch.tensor(eos_ids, device=device)
     tokenizer.padding_side = "left"
+    if procs.world > 1 and isinstance(reward, CompositeReward):
+        reward.combine = procs.cat_floats  # its running statistics over the global batch
 
     raw_prompts = [r["text"] for r in read_jsonl(prompts_path)]  # what the reward source sees as the prompt
     prompts = [prompt_format(text, tokenizer) for text in raw_prompts]  # what the policy sees
-    if len(prompts) < p.batch_size // p.samples_per_prompt:
-        raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than the {p.batch_size // p.samples_per_prompt}"
+    if len(prompts) < p.batch_size // k:
+        raise DetoxError(f"{prompts_path}: {len(prompts)} prompts, fewer than the {p.batch_size // k}"
                          f" each rollout needs (ppo.batch_size / ppo.samples_per_prompt)")
-    order_rng = random.Random(p.seed)
+    order_rng = random.Random(p.seed)  # the same on every process: they draw the same global batch
 
     # --- resume from the last periodic checkpoint of a run with the same params
     start_step, history = 0, []
     fingerprint = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs])
     state_file = checkpoint_dir / "state.pt"
     if state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        if state["fingerprint"] == fingerprint:
+        state = torch.load(state_file, weights_only=False, map_location="cpu")
+        if state["fingerprint"] == fingerprint and state.get("processes", 1) == procs.world:
             set_peft_model_state_dict(model.policy, state["adapter"])
             model.value_head.load_state_dict(state["value_head"])
             optimizer.load_state_dict(state["optimizer"])
@@ -264,46 +397,46 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
                 reward.load_state_dict(state["reward_state"])
             order_rng.setstate(state["order_rng"])
             torch.set_rng_state(state["torch_rng"])
-            print(f"ppo: resuming from step {start_step} ({state_file})")
-        else:
-            print(f"ppo: {checkpoint_dir}: discarding a checkpoint written for other params, inputs or code")
+            if main:
+                print(f"ppo: resuming from step {start_step} ({state_file})")
+        elif main:
+            print(f"ppo: {checkpoint_dir}: discarding a checkpoint written for other params, inputs, code or "
+                  "number of processes")
             shutil.rmtree(checkpoint_dir)
+    accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     # DVC deletes a stage's plot files before rerunning it, so a resumed run replays the curves' history
     # (kept in the checkpoint) and the plots stay whole.
-    live = Live(dir=str(plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
-    for past in history:
+    live = Live(dir=str(plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None) if main else None
+    for past in history if main else []:
         for key in STAT_KEYS:
             live.log_metric(key, past[key], plot=True)
         live.next_step()
 
-    k = p.samples_per_prompt
-
-    def next_batch() -> list[int]:
-        return order_rng.sample(range(len(prompts)), p.batch_size // k)
-
     stats: dict[str, float] = {}
-    for step in tqdm(range(start_step, p.steps), desc="ppo", disable=not progress, initial=start_step,
+    for step in tqdm(range(start_step, p.steps), desc="ppo", disable=not (progress and main), initial=start_step,
                      total=p.steps):
         t0 = time.perf_counter()
-        # 1. rollout ------------------------------------------------------------------------------
-        batch = next_batch()
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        # 1. rollout: this process's slice of the global batch of prompts -----------------------------
+        batch = order_rng.sample(range(len(prompts)), p.batch_size // k)
+        batch = batch[procs.rank * prompts_per_process:(procs.rank + 1) * prompts_per_process]
+        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
         model.eval()
-        generator = torch.Generator().manual_seed(p.seed * 100_003 + step)
+        generator = torch.Generator(device=device).manual_seed(p.seed * 100_003 + step + 1_000_003 * procs.rank)
         if sampler is not None:
             merge_into(unwrapped.policy, sampler)
         responses, ended, sampled_logprobs, hidden = sample_tokens(
             sampler or unwrapped.policy.get_base_model(), enc["input_ids"], enc["attention_mask"], k,
             p.max_new_tokens, p.temperature, p.top_p, eos_ids, pad_id, generator, collect=True)
-        first_eos = torch.isin(responses, torch.tensor(eos_ids)).float().argmax(1)
+        first_eos = torch.isin(responses, eos_t).float().argmax(1)
         resp_len = torch.where(ended, first_eos + 1, responses.shape[1])  # EOS counts as an action
-        mask = (torch.arange(responses.shape[1])[None] < resp_len[:, None]).float()
+        mask = (torch.arange(responses.shape[1], device=device)[None] < resp_len[:, None]).float()
         texts = [tokenizer.decode(r[:n - int(e)], skip_special_tokens=True)
                  for r, n, e in zip(responses.tolist(), resp_len.tolist(), ended.tolist())]
         scores = torch.tensor(reward.score([raw_prompts[i] for i in batch for _ in range(k)], texts),
-                              dtype=torch.float32)
+                              dtype=torch.float32, device=device)
         if not torch.isfinite(scores).all():
             raise DetoxError(f"ppo step {step}: the reward source {reward.name} returned NaN/inf scores")
         if p.missing_eos_penalty is not None:
@@ -321,65 +454,44 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             with unwrapped.policy.disable_adapter():
                 ref_logprobs, _, _ = model(input_ids, attn, n_prompt, p.temperature, with_values=False)
 
-        # 3. per-token rewards, GAE, whitening ---------------------------------------------------
-        rewards, kl = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.coef)
-        advantages, returns = gae(rewards, old_values, mask, p.gamma, p.lam)
-        if p.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-
-        # 4. CVaR: keep the alpha-worst samples by return (off: alpha = 1 keeps all) --------------
+        # 3.-5. per-token rewards, GAE, whitening, the CVaR tail, PPO epochs --------------------------
         alpha = cvar_alpha(step, p.cvar.alpha, p.cvar.anneal_steps) if p.cvar.enabled else 1.0
-        keep = cvar_select(rewards.sum(1), alpha)
+        rollout = Rollout(input_ids, attn, n_prompt, mask, scores, old_logprobs, old_values, ref_logprobs)
+        try:
+            out = ppo_update(model, optimizer, accelerator, rollout, p, kl_ctl.coef, alpha, procs)
+        except DetoxError as exc:
+            raise DetoxError(f"ppo step {step}: {str(exc).removeprefix('ppo: ')}") from None
 
-        # 5. PPO epochs over minibatches ---------------------------------------------------------
-        model.train()
-        epoch_stats = []
-        for _ in range(p.epochs):
-            perm = keep[torch.randperm(len(keep))]
-            for mb in perm.split(p.minibatch_size):
-                with accelerator.accumulate(model):
-                    logprobs, entropy, values = model(input_ids[mb], attn[mb], n_prompt, p.temperature,
-                                                      entropy_grad=p.entropy_coef > 0)
-                    m = mask[mb]
-                    pg, clip_frac, approx_kl = policy_loss(logprobs, old_logprobs[mb], advantages[mb], m, p.clip_range)
-                    vf = value_loss(values, old_values[mb], returns[mb], m, p.clip_range_value)
-                    ent = masked_mean(entropy, m)
-                    loss = pg + p.vf_coef * vf - p.entropy_coef * ent
-                    if not torch.isfinite(loss):
-                        raise DetoxError(f"ppo step {step}: the loss is {loss.item()} (NaN/inf); lower ppo.lr?")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), p.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                epoch_stats.append([pg.item(), vf.item(), loss.item(), clip_frac.item(), approx_kl.item(), ent.item()])
-
-        # 6. statistics, KL control, checkpoint ------------------------------------------------
-        mean_kl = kl.sum(1).mean().item()
+        # 6. statistics over the global batch, KL control, checkpoint --------------------------------
+        kl_all = procs.cat(out["kl"].sum(1))
+        mean_kl = kl_all.mean().item()
         kl_ctl_coef = kl_ctl.coef
         kl_ctl.update(mean_kl, p.batch_size)
-        pg_m, vf_m, loss_m, cf_m, akl_m, ent_m = torch.tensor(epoch_stats).mean(0).tolist()
-        valid = mask.bool()
-        ret_valid, val_valid = returns[valid], old_values[valid]
+        pg_m, vf_m, loss_m, cf_m, akl_m, ent_m = out["losses"]
+        scores_all, rewards_all = procs.cat(scores), procs.cat(out["rewards"])
+        valid = procs.cat(mask).bool()
+        ret_valid, val_valid = procs.cat(out["returns"])[valid], procs.cat(old_values)[valid]
         stats = {
-            "reward/score_mean": scores.mean().item(), "reward/score_std": scores.std().item(),
-            "reward/non_score": (rewards.sum(1) - scores).mean().item(),
+            "reward/score_mean": scores_all.mean().item(), "reward/score_std": scores_all.std().item(),
+            "reward/non_score": (rewards_all.sum(1) - scores_all).mean().item(),
             "objective/kl": mean_kl, "objective/kl_coef": kl_ctl_coef,
             "policy/entropy": ent_m, "loss/policy": pg_m, "loss/value": vf_m, "loss/total": loss_m,
             "policy/clip_frac": cf_m, "policy/approx_kl": akl_m,
             "value/explained_variance": (1 - (ret_valid - val_valid).var() / ret_valid.var().clamp(min=1e-8)).item(),
             "value/error": ((ret_valid - val_valid) ** 2).mean().item(),
             "returns/var": ret_valid.var().item(),
-            "response/length": resp_len.float().mean().item(), "response/eos_rate": ended.float().mean().item(),
+            "response/length": procs.cat(resp_len).float().mean().item(),
+            "response/eos_rate": procs.cat(ended).float().mean().item(),
             "cvar/alpha": alpha, "time/step_s": time.perf_counter() - t0,
         }
         history.append(stats)
-        for key in STAT_KEYS:
-            live.log_metric(key, stats[key], plot=True)
-        live.next_step()
-        if p.checkpoint_every and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
+        if main:
+            for key in STAT_KEYS:
+                live.log_metric(key, stats[key], plot=True)
+            live.next_step()
+        if p.checkpoint_every and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps and main:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"fingerprint": fingerprint, "step": step + 1,
+            torch.save({"fingerprint": fingerprint, "step": step + 1, "processes": procs.world,
                         "adapter": get_peft_model_state_dict(unwrapped.policy),
                         "value_head": unwrapped.value_head.state_dict(), "optimizer": optimizer.state_dict(),
                         "kl_coef": kl_ctl.coef, "order_rng": order_rng.getstate(),
@@ -388,18 +500,21 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
                        checkpoint_dir / "state.tmp")
             (checkpoint_dir / "state.tmp").replace(state_file)
 
-    # --- save the policy (adapter merged into the SFT weights) as a plain HF model dir
-    live.end()
-    merged = unwrapped.policy.merge_and_unload()
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "ppo_info.json").write_text(json.dumps(
-            {"reward": reward.name, "judges_in_reward": reward.judges, "init": str(sft_dir), "steps": p.steps},
-            indent=2) + "\n")
+    # --- save the policy (adapter merged into the SFT weights) as a plain HF model dir, once
+    accelerator.wait_for_everyone()
     final = {"steps": p.steps, "reward_source": reward.name, "judges_in_reward": reward.judges,
              **{k.replace("/", "_"): v for k, v in stats.items()},
-             "platform": hardware.platform_record(caps, precision, why)}
-    write_json(metrics_path, final)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+             "processes": procs.world, "platform": hardware.platform_record(caps, precision, why)}
+    if main:
+        live.end()
+        merged = unwrapped.policy.merge_and_unload()
+        with atomic_dir(out_dir) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "ppo_info.json").write_text(json.dumps(
+                {"reward": reward.name, "judges_in_reward": reward.judges, "init": str(sft_dir), "steps": p.steps},
+                indent=2) + "\n")
+        write_json(metrics_path, final)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final

@@ -91,7 +91,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, inputs))
     set_seed(params.seed)  # the new scalar head is drawn at load, before the trainer seeds anything
     model = load_backbone(path, is_hub, tokenizer, quant, params)
-    args = RewardConfig(**common.trainer_args(params), eval_strategy="steps", eval_steps=params.eval_steps,
+    args = RewardConfig(**common.trainer_args(params, "reward_model"), eval_strategy="steps", eval_steps=params.eval_steps,
                         center_rewards_coefficient=params.center_rewards_coefficient, remove_unused_columns=False)
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(val),
                             processing_class=tokenizer, peft_config=common.lora_config(params.lora, "SEQ_CLS"),
@@ -115,6 +115,9 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
         trainer.save_model(str(Path(params.checkpoint_dir) / "final"))
         model = PeftModel.from_pretrained(load_backbone(path, is_hub, tokenizer, None, params),
                                           Path(params.checkpoint_dir) / "final")
+    if not common.is_main():  # data parallel: the main process alone writes the stage's outputs
+        common.barrier()
+        return metrics
     if params.lora.enabled:
         model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
@@ -124,4 +127,5 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
                                                  "backbone": params.backbone}, indent=2) + "\n")
     write_json(metrics_path, metrics)
     shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
+    common.barrier()
     return metrics

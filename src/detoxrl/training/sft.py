@@ -33,7 +33,7 @@ def build_trainer(model, tokenizer, records: list[dict], params: SFTParams, call
     from trl import SFTConfig, SFTTrainer
 
     lm_head.install()  # CPU: LM head on completion positions only, logits not recomputed in backward
-    args = SFTConfig(**common.trainer_args(params), completion_only_loss=True, packing=False)
+    args = SFTConfig(**common.trainer_args(params, "sft"), completion_only_loss=True, packing=False)
     dataset = Dataset.from_list([to_prompt_completion(r) for r in records])
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=common.lora_config(params.lora), callbacks=list(callbacks))
@@ -57,12 +57,15 @@ def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
                "examples": len(trainer.train_dataset), "lora": params.lora.enabled, "merged": False}
 
     final = Path(params.checkpoint_dir) / "final"
-    trainer.save_model(str(final))  # the adapter (LoRA) or the whole model
+    trainer.save_model(str(final))  # the adapter (LoRA) or the whole model; every process takes part (ZeRO-3)
+    if not common.is_main():  # data parallel: the main process alone writes the stage's outputs
+        common.barrier()
+        return metrics
     tokenizer.save_pretrained(final)
     with atomic_dir(out_dir) as tmp:
         if params.lora.enabled and params.merge:
             # Merged into full-precision base weights (not the quantized ones a QLoRA run trained over).
-            merged, _ = load_for_inference(final, base_dir)
+            merged, _ = load_for_inference(final, base_dir, device="cpu")
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             metrics["merged"] = True
@@ -70,4 +73,5 @@ def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
             shutil.copytree(final, tmp, dirs_exist_ok=True)
     write_json(metrics_path, metrics)
     shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
+    common.barrier()
     return metrics
