@@ -11,7 +11,7 @@ from tiny import build_tiny_model
 
 
 def gparams(**kw):
-    base = dict(prompt_format="raw", chat_instruction="Continue the following text.", k=3, max_new_tokens=6,
+    base = dict(engine="hf", prompt_format="raw", chat_instruction="Continue the following text.", k=3, max_new_tokens=6,
                 temperature=1.0, top_p=0.9, seed=11, batch_size=6)
     base.update(kw)
     return GenerateParams(**base)
@@ -111,3 +111,19 @@ def test_lora_adapter_dir_loads_over_base(tiny_dir, tmp_path):
         plain = AutoModelForCausalLM.from_pretrained(tiny_dir)(input_ids=ids).logits
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter did change the model
+
+
+def test_vllm_engine_refuses_before_any_work_where_it_cannot_run(tmp_path):
+    """No CUDA here (and no vllm): selecting the engine fails at once with one sentence naming the param, and writes
+    nothing. (The vLLM path itself cannot run on this machine; see evaluation/vllm_engine.py.)"""
+    import torch
+
+    from detoxrl import DetoxError
+    from detoxrl.evaluation.generate import generate
+
+    assert not torch.cuda.is_available()
+    with pytest.raises(DetoxError, match=r"^generate.engine: vllm needs a CUDA GPU and this machine has none; "
+                                         r"set generate.engine: hf$"):
+        generate(tmp_path / "no-model", tmp_path / "no-base", tmp_path / "no-prompts.jsonl", tmp_path / "out.jsonl",
+                 gparams(engine="vllm"))
+    assert not (tmp_path / "out.jsonl").exists()

@@ -148,6 +148,7 @@ class JudgesParams(Strict):
 
 
 class GenerateParams(Strict):
+    engine: Literal["hf", "vllm"]  # hf: the project's decode loop (CPU default, the reference); vllm: CUDA only
     prompt_format: Literal["raw", "chat"]  # raw: continue the RTP text; chat: wrapped in the chat template
     chat_instruction: str  # chat format only: the user turn is this instruction + the prompt text
     k: PositiveInt  # sampled continuations per prompt

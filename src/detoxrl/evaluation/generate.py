@@ -152,7 +152,19 @@ def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Pa
     each process's batches and their seeds differ)."""
     import torch
     from accelerate.utils import gather_object
+    from transformers import AutoTokenizer
 
+    if params.engine == "vllm":
+        from .vllm_engine import check_available, vllm_samples
+
+        check_available()  # before any work: one sentence naming the param
+        records = read_jsonl(prompts_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir if (Path(model_dir) / "tokenizer_config.json").exists()
+                                                  else base_dir)
+        prompts = [format_prompt(r["text"], tokenizer, params) for r in records]
+        samples = vllm_samples(Path(model_dir), Path(base_dir), prompts, params)
+        return write_jsonl(out_path, [{"prompt_id": r["id"], "subset": r["subset"], "sample": j, **s}
+                                      for r, ss in zip(records, samples) for j, s in enumerate(ss)])
     state = hardware.process_state()
     torch.manual_seed(params.seed)
     model, tokenizer = load_for_inference(model_dir, base_dir)
