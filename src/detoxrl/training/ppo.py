@@ -259,7 +259,6 @@ def ppo_update(model, optimizer, accelerator, batch: Rollout, p, kl_coef: float,
     """Steps 3-5 of the module docstring on one rollout batch: per-token rewards, GAE, whitening over the global
     batch, the CVaR tail, then `epochs` passes of clipped policy and value losses over shuffled minibatches.
     Returns the tensors the statistics are made of, and the mean of the minibatch losses."""
-    unwrapped = accelerator.unwrap_model(model)
     mask = batch.mask
     rewards, kl = per_token_rewards(batch.scores, batch.old_logprobs, batch.ref_logprobs, mask, kl_coef)
     advantages, returns = gae(rewards, batch.old_values, mask, p.gamma, p.lam)
@@ -304,7 +303,6 @@ def ppo_update(model, optimizer, accelerator, batch: Rollout, p, kl_coef: float,
             epoch_stats.append([pg.item(), vf.item(), loss.item(), clip_frac.item(), approx_kl.item(), ent.item()])
     losses = torch.tensor(epoch_stats, device=mask.device).mean(0)
     losses = procs.total(losses) / procs.world if procs.world > 1 else losses
-    del unwrapped
     return {"rewards": rewards, "kl": kl, "returns": returns, "losses": losses.tolist()}
 
 
