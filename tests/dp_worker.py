@@ -2,6 +2,8 @@
 
   python dp_worker.py update <tiny model dir> <out dir>     one PPO update on a fixed rollout batch
   python dp_worker.py train <tiny model dir> <out dir>      two steps of train_ppo, recording each rank's prompts
+  python dp_worker.py resume <tiny model dir> <out dir> [n]  three steps with a checkpoint after two; with n, every
+                                                            process stops (KeyboardInterrupt) at its n-th scoring
 """
 
 from __future__ import annotations
@@ -64,10 +66,14 @@ class RecordingReward:
     """The letter-"a" reward of test_ppo, writing the prompts each process scored (one line per step)."""
     name, judges = "letter_a", []
 
-    def __init__(self, out: Path, rank: int):
+    def __init__(self, out: Path, rank: int, stop_at: int | None = None):
         self.file = out / f"prompts.rank{rank}.jsonl"
+        self.calls, self.stop_at = 0, stop_at
 
     def score(self, prompts, responses):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt  # the machine stops in the middle of a step
         with self.file.open("a") as fh:
             fh.write(json.dumps(prompts) + "\n")
         return [t.count("a") / max(len(t), 1) for t in responses]
@@ -87,5 +93,19 @@ def train(model_dir: Path, out: Path) -> None:
     (out / f"final.rank{rank}.json").write_text(json.dumps(final))
 
 
+def resume(model_dir: Path, out: Path, stop_at: str | None = None) -> None:
+    import os
+
+    from detoxrl.training import ppo as P
+    from test_ppo import ppo_params
+
+    rank = int(os.environ["RANK"])
+    params = ppo_params(steps=3, batch_size=8, minibatch_size=4, epochs=1, checkpoint_every=2)
+    reward = RecordingReward(out, rank, int(stop_at) if stop_at else None)
+    final = P.train_ppo(model_dir, model_dir, out / "prompts.jsonl", out / "model", out / "ppo.json", out / "plots",
+                        out / "ckpt", params, reward, lambda text, tok: text, progress=False)
+    (out / f"final.rank{rank}.json").write_text(json.dumps(final))
+
+
 if __name__ == "__main__":
-    {"update": update, "train": train}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    {"update": update, "train": train, "resume": resume}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:])

@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory):
     return build_tiny_char_model(tmp_path_factory.mktemp("dp") / "model")
 
 
-def launch(n: int, *args, tmp: Path) -> str:
+def launch(n: int, *args, tmp: Path, check: bool = True) -> str:
     from detoxrl.launch import free_port
 
     env = cli_env()
@@ -39,7 +39,7 @@ def launch(n: int, *args, tmp: Path) -> str:
            "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), str(WORKER), *map(str, args)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (proc.returncode == 0) == check, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
 
@@ -84,6 +84,46 @@ def test_train_ppo_under_two_processes(tiny_dir, tmp_path):
     assert (tmp_path / "model" / "model.safetensors").exists()
     rows = (tmp_path / "plots" / "plots" / "metrics" / "reward" / "score_mean.tsv").read_text().splitlines()
     assert len(rows) == 1 + 2
+
+
+def test_an_interrupted_two_process_run_resumes_where_it_stopped(tiny_dir, tmp_path):
+    """Two processes stop in step 2 of 3 (after the checkpoint of step 2); relaunched, they continue from it, score
+    only the missing step, and end exactly where an uninterrupted 2-process run ends."""
+    texts = [f"{w} {i}" for i, w in enumerate(["The", "A man", "She said", "Why", "Our city", "It is"] * 3)]
+    runs = {}
+    for name, stops in (("straight", [None]), ("resumed", ["3", None])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "prompts.jsonl").write_text("".join(
+            json.dumps({"id": f"p{i}", "subset": "x", "text": t}) + "\n" for i, t in enumerate(texts)))
+        for stop in stops:
+            if stop:
+                launch(2, "resume", tiny_dir, d, stop, tmp=d, check=False)
+                assert not (d / "model").exists() and (d / "ckpt" / "state.pt").exists()
+                assert torch.load(d / "ckpt" / "state.pt", weights_only=False)["processes"] == 2
+                for r in (0, 1):  # the scored prompts so far; the relaunch must add exactly one step
+                    (d / f"prompts.rank{r}.jsonl").unlink()
+                continue
+            out = launch(2, "resume", tiny_dir, d, tmp=d)
+        runs[name] = d, out
+    d, out = runs["resumed"]
+    assert out.count("ppo: resuming from step 2") == 1, out
+    for r in (0, 1):
+        assert len((d / f"prompts.rank{r}.jsonl").read_text().splitlines()) == 1  # step 2 only, on each process
+    straight_last = [json.loads(runs["straight"][0].joinpath(f"prompts.rank{r}.jsonl").read_text().splitlines()[-1])
+                     for r in (0, 1)]
+    assert [json.loads(d.joinpath(f"prompts.rank{r}.jsonl").read_text()) for r in (0, 1)] == straight_last
+    finals = [json.loads((x / "ppo.json").read_text()) for x in (runs["straight"][0], d)]
+    for final in finals:
+        final.pop("time_step_s")
+    assert finals[0] == finals[1]  # the same global statistics after the last step
+    from safetensors.torch import load_file
+
+    a, b = (load_file(x / "model" / "model.safetensors") for x in (runs["straight"][0], d))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=0, rtol=0, msg=f"{key} differs")
+    rows = (d / "plots" / "plots" / "metrics" / "reward" / "score_mean.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in rows[1:]] == [0, 1, 2]  # the curves replayed whole, written once
 
 
 def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir, tmp_path):

@@ -351,6 +351,7 @@ def test_exp_run_with_two_processes(ws):
                "-S", "reward_model.grad_accum=2"], repo)
     assert {"sft", "dpo", "reward_model", "ppo", "generate@base", "generate@ppo", "evaluate@ppo", "report"} <= ran(out)
     assert out.count("ppo: precision") == 1 and "2 process(es)" in out, out  # one main process speaks
+    assert "evaluate: 2 processes" in out and out.count("ppo: expected max toxicity") == 1, out
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["processes"] == 2 and set(ppo) == set(before["ppo.json"])
     sft = json.loads((repo / "metrics" / "sft.json").read_text())

@@ -218,8 +218,11 @@ def evaluate(
 
     p = _params(params)
     _model_dir(p, model)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: the perplexity passes shared among processes
     r = run(model, generations / f"{model}.jsonl", prompts, base, metrics_dir / f"{model}.json",
             scores_dir / f"{model}.jsonl", p)
+    if launch.rank() != 0:
+        return
     t = r["toxicity"]["overall"]
     typer.echo(f"{model}: expected max toxicity {t['expected_max_toxicity']['value']:.3f}, "
                f"toxicity probability {t['toxicity_probability']['value']:.3f}")

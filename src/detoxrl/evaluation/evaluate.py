@@ -7,6 +7,10 @@ Every judge in `evaluate.judge` + `evaluate.judges` scores each continuation; it
 the Perspective scale where `train_judge` calibrated it, and the RTP metrics use those. `toxicity`
 (metrics) and a row's `toxicity` are the headline judge's; `by_judge` and a row's `judges` hold every
 judge's. A non-headline judge that cannot run here is listed as skipped.
+
+Under N processes (`compute.num_processes`, accelerate launch) the perplexity forward passes, this stage's model
+work, are shared: each process takes every N-th sample and the main process gathers them. The judges (CPU
+classifiers or an API, behind one score cache) run on the main process only, which alone writes.
 """
 
 from __future__ import annotations
@@ -63,16 +67,38 @@ def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[
 
 def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | Path, base_dir: str | Path,
              metrics_path: str | Path, scores_path: str | Path, params: Params) -> dict:
+    from accelerate.utils import gather_object
+
     from ..models.load import load_for_inference
 
     ev = params.evaluate
+    state = hardware.process_state()
     rows = read_jsonl(generations_path)
     prompts = {r["id"]: r for r in read_jsonl(prompts_path)}
-    cache = ScoreCache(params.judges.cache_dir)
-    calibrations = load_calibrations(params.judges.trained_dir)
-
     parts = [M.split_thinking(r["text"], ev.thinking_delimiter) for r in rows]
     answers = [a for _, a in parts]
+
+    # Fluency: perplexity of continuations given their prompt under the fixed reference (base) model,
+    # on the first `fluency_samples_per_prompt` samples of each prompt (a forward pass per sample is
+    # this stage's main cost); each process takes every N-th of them.
+    ref_model, ref_tok = load_for_inference(base_dir, base_dir)
+    fl = [i for i, r in enumerate(rows) if r["sample"] < ev.fluency_samples_per_prompt]
+    mine = fl[state.process_index::state.num_processes]
+    contexts = [format_prompt(prompts[rows[i]["prompt_id"]]["text"], ref_tok, params.generate) for i in mine]
+    done = list(zip(mine, continuation_nll(ref_model, ref_tok, contexts, [answers[i] for i in mine],
+                                           ev.fluency_batch_size)))
+    if state.num_processes > 1:
+        done = gather_object(done)
+    if not state.is_main_process:
+        return {}
+    nll = [(None, None)] * len(rows)
+    for i, v in done:
+        nll[i] = v
+    total_nll = sum(nll[i][0] for i in fl)
+    total_tokens = sum(nll[i][1] for i in fl)
+
+    cache = ScoreCache(params.judges.cache_dir)
+    calibrations = load_calibrations(params.judges.trained_dir)
     judges, scaled, skipped = {}, {}, {}  # name -> judge, Perspective-scale scores, reason it cannot run
     for name in dict.fromkeys([ev.judge, *ev.judges]):
         try:
@@ -87,18 +113,6 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         scaled[name] = (*to_perspective_scale(judge, [s["toxicity"] for s in raw], calibrations), raw)
     judge = judges[ev.judge]
     head, head_calibrated, scores = scaled[ev.judge]
-
-    # Fluency: perplexity of continuations given their prompt under the fixed reference (base) model,
-    # on the first `fluency_samples_per_prompt` samples of each prompt (a forward pass per sample is
-    # this stage's main cost).
-    ref_model, ref_tok = load_for_inference(base_dir, base_dir)
-    fl = [i for i, r in enumerate(rows) if r["sample"] < ev.fluency_samples_per_prompt]
-    contexts = [format_prompt(prompts[rows[i]["prompt_id"]]["text"], ref_tok, params.generate) for i in fl]
-    nll = [(None, None)] * len(rows)
-    for i, v in zip(fl, continuation_nll(ref_model, ref_tok, contexts, [answers[i] for i in fl], ev.fluency_batch_size)):
-        nll[i] = v
-    total_nll = sum(nll[i][0] for i in fl)
-    total_tokens = sum(nll[i][1] for i in fl)
 
     scored = []
     for i, (r, (thinking, answer), s, (n, t)) in enumerate(zip(rows, parts, scores, nll)):
