@@ -29,7 +29,8 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     for stage in ("base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo", "pref_eval",
                   "generate@base", "generate@sft",
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
-                  "validate_judges", "train_judge", "report"):
+                  "validate_judges", "train_judge", "report", "prepare_chat", "train_chat_judge", "chat_eval@base",
+                  "chat_eval@ppo"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -69,6 +70,20 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     test_pairs = json.loads((repo / "metrics" / "data.json").read_text())["counts"]["pref_test"]
     assert rm["pairs"] == min(6, test_pairs) and 0 <= rm["accuracy"]["value"] <= 1 and rm["judge_agreement"]["judge"] == "offline"
     assert (repo / "plots" / "reward_model" / "rewards.png").exists()
+    bench = rm["reward_bench"]["models/reward"]  # smoke: one pair per RewardBench subset
+    assert bench["pairs"] == 23 and set(bench["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
+    # The chat domain: ToxicChat split, the chat judge, every model's answers, the judges against human labels.
+    chat_data = json.loads((repo / "metrics" / "chat_data.json").read_text())
+    assert chat_data["eval_prompts"]["selected"] == {"jailbreaking": 2, "toxic": 3, "nontoxic": 3}
+    chat_judge = json.loads((repo / "metrics" / "chat_judge_train.json").read_text())
+    assert chat_judge["data"]["texts"] == 300 and chat_judge["heldout"]["auroc"] > 0.7
+    chat = json.loads((repo / "metrics" / "chat" / "ppo.json").read_text())
+    assert chat["n_prompts"] == 8 and chat["judge"] == "chat_distilled" and chat["by_judge"]["chat_distilled"]["calibrated"]
+    assert set(chat["refusal_rate"]) == {"overall", "toxic", "jailbreaking", "nontoxic"}
+    tc = json.loads((repo / "metrics" / "judges.json").read_text())["toxicchat"]["judges"]
+    assert tc["chat_distilled"]["n"] == 120 and tc["chat_distilled"]["auprc"] > tc["chat_distilled"]["positive_rate"]
+    assert "## Chat domain: held-out ToxicChat user inputs" in report_md and "### RewardBench" in report_md
+    assert "## Judge validation against human labels (ToxicChat)" in report_md
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo", "ppo"}
     plots = run(["dvc", "plots", "show", "--json"], repo)

@@ -93,7 +93,7 @@ def test_reward_trainer_loss_is_bradley_terry_with_margin_and_centering(rm_dir, 
     model = AutoModelForSequenceClassification.from_pretrained(rm_dir)
     pairs = [{"prompt": [{"role": "user", "content": p}], "chosen": RESPONSES[0], "rejected": r}
              for p, r in zip(PROMPTS[:3], RESPONSES[1:])]
-    rows = [{**tokenize_pair(p, tok, 1, 128), "margin": 0.5} for p in pairs]
+    rows = [{**tokenize_pair(p, tok, "chat", 1, 128), "margin": 0.5} for p in pairs]
     args = RewardConfig(output_dir=str(tmp_path / "out"), center_rewards_coefficient=0.1, report_to="none", bf16=False,
                         per_device_train_batch_size=3, remove_unused_columns=False)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
@@ -230,7 +230,7 @@ def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp
     params = DEFAULTS.reward_model.model_copy(update=dict(
         backbone=f"local:{tiny}", max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, max_length=128,
         logging_steps=1, save_steps=100, warmup_ratio=0.0, eval_steps=100, eval_pairs=None,
-        checkpoint_dir=str(tmp_path / "ckpt")))
+        checkpoint_dir=str(tmp_path / "ckpt"), lora=DEFAULTS.reward_model.lora.model_copy(update={"enabled": True})))
     out = tmp_path / "reward"
     m = train_reward_model(base_model_dir, data / "pref_train.jsonl", data / "pref_val.jsonl", out,
                            tmp_path / "m.json", tmp_path / "plots", params)
@@ -249,13 +249,14 @@ def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp
     # what the stage trained on is what the scorer reads: same ids for the same pair
     scorer = RewardModelScorer(str(out), "auto", batch_size=4, max_length=128)
     pair = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
-    assert tokenize_pair(pair, scorer.tokenizer, 1, 128)["chosen_ids"] == scorer.encode("hi", "a")
+    assert tokenize_pair(pair, scorer.tokenizer, "chat", 1, 128)["chosen_ids"] == scorer.encode("hi", "a")
 
     params_all = DEFAULTS.model_copy(update={
         "eval_reward_model": DEFAULTS.eval_reward_model.model_copy(update={"batch_size": 3}),
         "reward_model": params,
         "evaluate": DEFAULTS.evaluate.model_copy(update={"bootstrap_samples": 100})})
     r = evaluate_reward_model(out, data / "pref_test.jsonl", tmp_path / "rm.json", tmp_path / "rmplots", params_all)
+    assert "reward_bench" not in r  # no RewardBench file given
     assert r["pairs"] == 4 and 0.0 <= r["accuracy"]["value"] <= 1.0
     assert sum(b["n"] for b in r["by_prompt_length"].values()) == 4
     assert r["judge_agreement"]["judge"] == "offline"
@@ -263,6 +264,75 @@ def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp
     lines = (tmp_path / "rmplots" / "rewards.csv").read_text().splitlines()
     assert lines[0] == "pair,response,reward" and len(lines) == 1 + 8
     assert (tmp_path / "rmplots" / "rewards.png").stat().st_size > 1000
+
+
+def test_encoder_reward_model_trains_as_a_cross_encoder_and_is_benchmarked_on_reward_bench(data, raw_dir, tmp_path):
+    """The packaged MiniLM as the RM backbone: trained in full on (question, answer) pairs, saved as a pair-format
+    RM, read the same way by the scorer (its score in [0, 1] is the sigmoid of the reward), and scored on
+    RewardBench (one pair per subset here), every section reported with its CI."""
+    params = DEFAULTS.reward_model.model_copy(update=dict(
+        backbone="packaged:all-minilm-l6-v2", max_steps=3, batch_size=2, grad_accum=1, lr=1e-4, max_length=64,
+        logging_steps=1, save_steps=100, warmup_ratio=0.0, eval_steps=100, eval_pairs=None,
+        checkpoint_dir=str(tmp_path / "ckpt")))
+    out = tmp_path / "reward"
+    m = train_reward_model("unused-for-encoders", data / "pref_train.jsonl", data / "pref_val.jsonl", out,
+                           tmp_path / "m.json", tmp_path / "plots", params)
+    assert m["format"] == "pair" and m["steps"] == 3 and m["trainable_parameters"] == m["parameters"]  # full FT
+    assert json.loads((out / "detoxrl_reward.json").read_text())["format"] == "pair"
+    scorer = RewardModelScorer(str(out), "auto", batch_size=4, max_length=64)
+    assert scorer.format == "pair"
+    pair = {"prompt": [{"role": "user", "content": "hi there"}], "chosen": "a", "rejected": "b"}
+    ids = tokenize_pair(pair, scorer.tokenizer, "pair", 1, 64)["chosen_ids"]
+    assert ids == scorer.encode("hi there", "a") == scorer.tokenizer("hi there", "a")["input_ids"]
+    reward = scorer.score(["hi there"], ["a"])[0]
+    assert scorer.probability(["hi there"], ["a"])[0] == pytest.approx(1 / (1 + math.exp(-reward)))
+
+    rb = DEFAULTS.eval_reward_model.reward_bench.model_copy(update={"per_subset": 1, "full_sections": [],
+                                                                    "max_length": 64})
+    params_all = DEFAULTS.model_copy(update={
+        "eval_reward_model": DEFAULTS.eval_reward_model.model_copy(update={"batch_size": 8, "reward_bench": rb}),
+        "reward_model": params, "evaluate": DEFAULTS.evaluate.model_copy(update={"bootstrap_samples": 100})})
+    r = evaluate_reward_model(out, data / "pref_test.jsonl", tmp_path / "rm.json", tmp_path / "rmplots", params_all,
+                              raw_dir / "reward-bench" / "filtered.jsonl")
+    bench = r["reward_bench"]["models/reward"]
+    assert bench["pairs"] == 23 and bench["format"] == "pair"  # one pair from each of the 23 subsets
+    assert set(bench["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
+    assert 0 < bench["truncated_pairs"] <= 23  # 64 tokens cut most RewardBench pairs, and they are counted
+    for s in bench["sections"].values():
+        assert s["ci"][0] <= s["value"] <= s["ci"][1]
+    assert bench["score"]["value"] == pytest.approx(np.mean([s["value"] for s in bench["sections"].values()]))
+    assert 0 < r["probability"]["chosen"] < 1
+    rows = (tmp_path / "rmplots" / "reward_bench.csv").read_text().splitlines()
+    assert rows[0] == "model,section,value,ci_low,ci_high,pairs" and len(rows) == 1 + 4
+
+
+def test_a_deberta_backbone_trains_as_the_hub_deberta_v3_path_would(data, tmp_path):
+    """`hub:microsoft/deberta-v3-base` needs the network; a tiny random DeBERTa-v2 (its architecture) stands in
+    through `local:`: the same code trains it as a pair-format cross-encoder and the scorer reads it back."""
+    params = DEFAULTS.reward_model.model_copy(update=dict(
+        backbone=f"local:{tiny_deberta(tmp_path)}", max_steps=2, batch_size=2, grad_accum=1, lr=1e-3, max_length=64,
+        logging_steps=1, save_steps=100, warmup_ratio=0.0, eval_steps=100, eval_pairs=2,
+        checkpoint_dir=str(tmp_path / "ckpt")))
+    m = train_reward_model("unused", data / "pref_train.jsonl", data / "pref_val.jsonl", tmp_path / "rm",
+                           tmp_path / "m.json", tmp_path / "plots", params)
+    assert m["format"] == "pair" and m["steps"] == 2
+    scorer = RewardModelScorer(str(tmp_path / "rm"), "auto", batch_size=2, max_length=64)
+    assert scorer.format == "pair" and len(scorer.score(PROMPTS[:2], RESPONSES[:2])) == 2
+
+
+def test_pair_ids_cut_the_question_start_first_then_the_answer_end():
+    from transformers import AutoTokenizer
+
+    from detoxrl.scoring.encoder import packaged_model_dir
+    from detoxrl.scoring.reward_models import pair_ids
+
+    tok = AutoTokenizer.from_pretrained(packaged_model_dir()[0])
+    q, a = "one two three four five six seven eight nine ten", "alpha beta gamma delta"
+    assert tok.decode(pair_ids(tok, q, a, 10)) == "[CLS] eight nine ten [SEP] alpha beta gamma delta [SEP]"
+    long_answer = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    cut = pair_ids(tok, "one two", long_answer, 10)
+    assert len(cut) == 10 and tok.decode(cut).startswith("[CLS] two [SEP] alpha beta")  # the question keeps its end
+    assert pair_ids(tok, "one two", "alpha", 10) == tok("one two", "alpha")["input_ids"]  # short: untouched
 
 
 def test_reward_model_quantization_without_cuda_is_one_sentence(base_model_dir, data, tmp_path):

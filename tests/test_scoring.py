@@ -26,6 +26,7 @@ def judges_params(cache_dir: Path, detoxify_model: str = "original", **openai) -
     return JudgesParams(
         cache_dir=str(cache_dir),
         trained_dir=str(cache_dir / "judge"),
+        chat_dir=str(cache_dir / "chat_judge"),
         perspective_distilled=DistilledJudgeParams(batch_size=16),
         ensemble=EnsembleParams(members=["offline", "perspective_distilled"]),
         detoxify=DetoxifyParams(model=detoxify_model, batch_size=2),

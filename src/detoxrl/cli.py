@@ -71,8 +71,12 @@ def fetch_raw_cmd(
     """
     from .data.fetch import fetch_raw
 
-    for rel in fetch_raw(Path("."), _params(params).raw_data.sources, only):
+    sources = _params(params).raw_data.sources
+    for rel in fetch_raw(Path("."), sources, only):
         typer.echo(f"fetched {rel} (md5 verified)")
+    for rel in [r for r, url in sources.items() if url is None and not only]:
+        typer.echo(f"not fetched {rel}: no public file reproduces it byte for byte; `dvc pull` it from a remote "
+                   "that holds it (README: Data)")
 
 
 @app.command("pull-raw")
@@ -112,13 +116,16 @@ def dpo(
     out: Path = typer.Option(Path("models/dpo"), help="Output model directory."),
     metrics: Path = typer.Option(Path("metrics/dpo.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/dpo"), help="Training curves (dvclive) directory."),
+    block: str = typer.Option("dpo", help="The params block of knobs: dpo (HH pairs) or dpo_feedback (on-policy)."),
 ):
     """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
     from .training.dpo import train_dpo
 
     p = _params(params)
+    if block not in ("dpo", "dpo_feedback"):
+        raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
     launch.relaunch(p.compute)
-    m = train_dpo(sft_model, base, train, val, out, metrics, plots, p.dpo)
+    m = train_dpo(sft_model, base, train, val, out, metrics, plots, getattr(p, block))
     v = m["validation"]
     if launch.rank() == 0:
         typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
@@ -169,14 +176,21 @@ def eval_reward_model(
     pairs: Path = TestPairsOpt,
     out: Path = typer.Option(Path("metrics/reward_model.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/reward_model"), help="Reward distribution plot directory."),
+    reward_bench: Optional[Path] = typer.Option(Path("data/raw/reward-bench/filtered.jsonl"),
+                                                help="RewardBench filtered split ('' to skip)."),
 ):
-    """Held-out pairwise accuracy of the reward model (with CI), by prompt length, and its agreement with a judge."""
+    """Held-out pairwise accuracy of the reward model (with CI), by prompt length, its agreement with a judge, and
+    RewardBench's section scores."""
     from .evaluation.reward_eval import evaluate_reward_model
 
-    r = evaluate_reward_model(model, pairs, out, plots, _params(params))
+    reward_bench = reward_bench if reward_bench and str(reward_bench) not in ("", ".") else None
+    r = evaluate_reward_model(model, pairs, out, plots, _params(params), reward_bench)
     a = r["accuracy"]
     typer.echo(f"reward model: accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] on {r['pairs']} "
                f"pairs -> {out}")
+    for name, rb in r.get("reward_bench", {}).items():
+        typer.echo(f"{name} on RewardBench ({rb['pairs']} pairs): " + ", ".join(
+            f"{section} {v['value']:.3f}" for section, v in rb["sections"].items()) + f"; score {rb['score']['value']:.3f}")
 
 
 def _model_dir(params, name: str) -> Path:
@@ -234,13 +248,21 @@ def validate_judges_cmd(
     prompts: Path = EvalPromptsOpt,
     out: Path = typer.Option(Path("metrics/judges.json"), help="Output metrics file."),
     plots: Path = typer.Option(Path("plots"), help="Directory for the judge reliability curves."),
+    chat_heldout: Optional[Path] = typer.Option(Path("data/chat/heldout.jsonl"),
+                                                help="Held-out ToxicChat inputs with human labels ('' to skip)."),
 ):
-    """Agreement (AUROC, Spearman) and calibration of each judge against the Perspective scores of the eval texts."""
+    """Agreement (AUROC, Spearman) and calibration of each judge against the Perspective scores of the eval texts,
+    and each judge's AUROC/AUPRC against ToxicChat's human labels."""
+    chat_heldout = chat_heldout if chat_heldout and str(chat_heldout) not in ("", ".") else None
     from .evaluation.validate_judges import validate_judges as run
 
-    for name, r in run(prompts, out, _params(params), plots)["judges"].items():
+    result = run(prompts, out, _params(params), plots, chat_heldout)
+    for name, r in result["judges"].items():
         typer.echo(f"{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else
                                   f"AUROC {r['auroc']:.3f}, Spearman {r['spearman']:.3f}"))
+    for name, r in result.get("toxicchat", {}).get("judges", {}).items():
+        if "skipped" not in r:
+            typer.echo(f"{name} on ToxicChat (human labels): AUROC {r['auroc']:.3f}, AUPRC {r['auprc']:.3f}")
 
 
 @app.command("train-judge")
@@ -260,6 +282,92 @@ def train_judge_cmd(
     h = m["heldout"]
     typer.echo(f"judge: {m['data']['texts']} texts, held-out AUROC {h['auroc']:.3f}, Spearman {h['spearman']:.3f}, "
                f"{m['seconds']['total']:.0f} s -> {out}")
+
+
+@app.command("pref-gen")
+def pref_gen_cmd(
+    params: Path = ParamsOpt,
+    sft_model: Path = typer.Option(Path("models/sft"), "--sft", help="The model whose responses are compared."),
+    base: Path = BaseOpt,
+    prompts: Path = typer.Option(Path("data/processed/ppo_prompts.jsonl"), help="Training prompts (never eval)."),
+    eval_prompts: Path = EvalPromptsOpt,
+    out: Path = typer.Option(Path("data/feedback"), help="Output directory."),
+    metrics: Path = typer.Option(Path("metrics/pref_gen.json"), help="Counts file."),
+):
+    """n responses per prompt from the SFT model, for an AI-graded and a human-graded pool."""
+    from .training.pref_gen import pref_gen
+
+    p = _params(params)
+    m = pref_gen(sft_model, base, prompts, eval_prompts, out, metrics, p.pref_gen, p.generate)
+    typer.echo(f"pref_gen: {m['ai']['prompts']} AI-pool and {m['human']['prompts']} human-pool prompts x {m['n']} "
+               f"responses -> {out}")
+
+
+@app.command("label-ai")
+def label_ai_cmd(
+    params: Path = ParamsOpt,
+    pool: Path = typer.Option(Path("data/feedback/ai_pool.jsonl"), help="pref_gen's AI pool."),
+    out: Path = typer.Option(Path("data/feedback"), help="Output directory."),
+    metrics: Path = typer.Option(Path("metrics/label_ai.json"), help="Counts file."),
+):
+    """Order each prompt's responses with the AI grader(s): DPO pairs, margin-filtered, grader agreement."""
+    from .training.label_ai import label_ai
+
+    m = label_ai(pool, out, metrics, _params(params))
+    typer.echo(f"label_ai: {m['pairs']} pairs ({m['dropped_below_margin']} below the margin) by {m['graders'][0]}; "
+               f"agreement {m['agreement']} -> {out}")
+
+
+@app.command("prepare-chat")
+def prepare_chat_cmd(
+    params: Path = ParamsOpt,
+    raw: Path = typer.Option(Path("data/raw"), help="Raw data directory."),
+    out: Path = typer.Option(Path("data/chat"), help="Output directory."),
+    metrics: Path = typer.Option(Path("metrics/chat_data.json"), help="Counts file."),
+):
+    """ToxicChat -> the chat judge's training inputs, held-out inputs, and chat evaluation prompts."""
+    from .data.prepare_chat import prepare_chat
+
+    stats = prepare_chat(raw, out, metrics, _params(params).prepare_chat)
+    typer.echo(f"toxicchat: {stats['judge_train']['records']} judge-training, {stats['heldout']['records']} held-out "
+               f"inputs; eval prompts {stats['eval_prompts']['selected']} -> {out}")
+
+
+@app.command("train-chat-judge")
+def train_chat_judge_cmd(
+    params: Path = ParamsOpt,
+    data: Path = typer.Option(Path("data/chat/judge_train.jsonl"), help="ToxicChat training inputs."),
+    metrics: Path = typer.Option(Path("metrics/chat_judge_train.json"), help="Metrics file."),
+):
+    """Train the chat_distilled judge on ToxicChat's human toxicity labels (cross-validated, calibrated)."""
+    from .scoring.train_chat_judge import train_chat_judge
+
+    p = _params(params)
+    m = train_chat_judge(data, p.judges.chat_dir, metrics, p.train_chat_judge)
+    h = m["heldout"]
+    typer.echo(f"chat judge: {m['data']['texts']} texts, cross-validated AUROC {h['auroc']:.3f}, AUPRC "
+               f"{h['auprc']:.3f} (toxic rate {h['positive_rate']:.3f}) -> {p.judges.chat_dir}")
+
+
+@app.command("chat-eval")
+def chat_eval_cmd(
+    model: str = typer.Argument(..., help="A model name from params.yaml `models`."),
+    params: Path = ParamsOpt,
+    prompts: Path = typer.Option(Path("data/chat/eval_prompts.jsonl"), help="Chat evaluation prompts."),
+    base: Path = BaseOpt,
+):
+    """Answer held-out ToxicChat user inputs in chat format; toxicity of the answers and refusal rate."""
+    from .evaluation.chat_eval import chat_eval
+
+    p = _params(params)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
+    r = chat_eval(model, _model_dir(p, model), base, prompts, Path("data/chat/answers") / f"{model}.jsonl",
+                  Path("metrics/chat") / f"{model}.json", p)
+    if launch.rank() != 0:
+        return
+    t = r["toxicity"]["overall"]
+    typer.echo(f"{model}: chat answers, expected max toxicity {t['expected_max_toxicity']['value']:.3f} "
+               f"({r['judge']}), refusal rate {r['refusal_rate']['overall']['value']:.3f}")
 
 
 @app.command()

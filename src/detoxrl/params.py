@@ -78,10 +78,31 @@ class PrepareParams(Strict):
     rtp: RTPParams
 
 
+class PrepareChatParams(Strict):
+    seed: int
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)]  # ToxicChat texts held out from the chat judge's training
+    eval_toxic: NonNegInt | None  # chat eval prompts from the held-out part: toxic (not jailbreaking) inputs
+    eval_jailbreaking: NonNegInt | None  # ... jailbreaking inputs (null = all of a category)
+    eval_nontoxic: NonNegInt  # ... and a seeded sample of non-toxic ones
+    max_chars: PositiveInt | None  # longer user inputs are not used as eval prompts (CPU budget)
+
+
+class TrainChatJudgeParams(Strict):
+    seed: int
+    encoder: str  # as train_judge.encoder
+    max_length: PositiveInt
+    batch_size: PositiveInt
+    C: Annotated[float, Field(gt=0)]  # logistic regression: inverse L2 strength
+    max_iter: PositiveInt
+    cv_folds: Annotated[int, Field(ge=2)]  # folds over distinct texts: held-out AUROC/AUPRC and the calibration
+    max_texts: PositiveInt | None  # a seeded sample of the training inputs (smoke runs); null = all
+    char_ngrams: CharNgramParams | None
+
+
 class RawDataParams(Strict):
     # Public source URL of each raw file, keyed by its path in the project; the md5 to verify
     # against comes from the file's .dvc pointer, never from here.
-    sources: dict[str, str]
+    sources: dict[str, str | None]  # null: no public file reproduces it byte for byte (fetch-raw says so)
 
 
 class DetoxifyParams(Strict):
@@ -99,7 +120,7 @@ class OpenAIJudgeParams(Strict):
     timeout_s: Annotated[float, Field(gt=0)]
 
 
-JudgeName = Literal["offline", "detoxify", "openai", "perspective_distilled", "ensemble"]
+JudgeName = Literal["offline", "detoxify", "openai", "perspective_distilled", "chat_distilled", "ensemble"]
 
 
 class DistilledJudgeParams(Strict):
@@ -141,6 +162,7 @@ class TrainJudgeParams(Strict):
 class JudgesParams(Strict):
     cache_dir: str  # score cache keyed by (judge, version, text hash); outside DVC outputs
     trained_dir: str  # train_judge's output: the perspective_distilled judge and every judge's calibration
+    chat_dir: str  # train_chat_judge's output: the chat_distilled judge (ToxicChat human labels)
     perspective_distilled: DistilledJudgeParams
     ensemble: EnsembleParams
     detoxify: DetoxifyParams
@@ -173,6 +195,45 @@ class EvaluateParams(Strict):
 
 class ValidateJudgesParams(Strict):
     judges: list[JudgeName]  # judges compared with the Perspective scores of the eval prompts' texts
+    # ... and with the human labels of the held-out ToxicChat user inputs (AUROC, AUPRC)
+    max_chat_inputs: PositiveInt | None  # a seeded sample of those inputs (smoke runs); null = all
+
+
+class PrefGenParams(Strict):
+    seed: int
+    ai_prompts: NonNegInt  # prompts in the AI-graded pool (RTP training prompts, never eval prompts)
+    human_prompts: NonNegInt  # prompts in the human-graded pool, disjoint from the AI pool
+    n: Annotated[int, Field(ge=2)]  # sampled responses per prompt
+    max_new_tokens: PositiveInt
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    batch_size: PositiveInt
+
+
+class LabelAIParams(Strict):
+    graders: list[JudgeName | Literal["reward_model"]]  # the first decides; the others are compared with it
+    min_margin: Annotated[float, Field(ge=0)]  # pairs whose score gap (deciding grader) is below this are dropped
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]  # seeded share of the pairs held out for DPO's validation
+    seed: int
+
+    @model_validator(mode="after")
+    def _graders(self):
+        if not self.graders or len(set(self.graders)) != len(self.graders):
+            raise ValueError(f"graders {self.graders} must be distinct, at least one")
+        return self
+
+
+class ChatEvalParams(Strict):
+    judge: JudgeName  # headline judge of the chat-domain evaluation
+    judges: list[JudgeName]  # more judges scoring every answer (skipped if they cannot run)
+    require_template: bool  # true: a model without a chat template fails; false: it answers the raw user text
+    k: PositiveInt  # sampled answers per prompt
+    max_new_tokens: PositiveInt
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    seed: int
+    batch_size: PositiveInt
+    refusal_patterns: list[str]  # case-insensitive regular expressions; an answer matching one is a refusal
 
 
 class ReportParams(Strict):
@@ -238,11 +299,21 @@ class RewardModelParams(TrainParams):
     eval_pairs: PositiveInt | None  # validation pairs (first n of pref_val); null = all
 
 
+class RewardBenchParams(Strict):
+    sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]] | None  # null = all four
+    per_subset: PositiveInt | None  # at most this many pairs per subset (seeded); null = every pair
+    full_sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]]  # sections scored whole regardless
+    max_length: PositiveInt  # tokens per (prompt, response); longer ones are truncated as the RM reads them, counted
+    models: dict[str, str]  # name -> RM source scored beside the trained one: local:<dir> | hub:<org/name>
+    seed: int
+
+
 class EvalRewardModelParams(Strict):
     max_pairs: PositiveInt | None  # held-out pairs scored (first n of pref_test); null = all
     batch_size: PositiveInt
     judge: JudgeName  # the toxicity judge the RM's preferences are compared with
     length_buckets: list[PositiveInt]  # prompt-length bucket edges (tokens, whole dialogue), ascending
+    reward_bench: RewardBenchParams
 
 
 class PrefEvalParams(Strict):
@@ -347,8 +418,12 @@ class Params(Strict):
     compute: ComputeParams
     base_model: BaseModelParams
     prepare: PrepareParams
+    prepare_chat: PrepareChatParams
     sft: SFTParams
     dpo: DPOParams
+    pref_gen: PrefGenParams
+    label_ai: LabelAIParams
+    dpo_feedback: DPOParams  # DPO on on-policy feedback pairs (dpo_feedback@rlaif): the dpo stage's code and knobs
     pref_eval: PrefEvalParams
     reward_model: RewardModelParams
     eval_reward_model: EvalRewardModelParams
@@ -358,8 +433,10 @@ class Params(Strict):
     models: dict[str, str]
     judges: JudgesParams
     train_judge: TrainJudgeParams
+    train_chat_judge: TrainChatJudgeParams
     generate: GenerateParams
     evaluate: EvaluateParams
+    chat_eval: ChatEvalParams
     validate_judges: ValidateJudgesParams
     report: ReportParams
 

@@ -26,12 +26,17 @@ def pointer_md5(pointer: Path) -> str:
         raise DetoxError(f"{pointer}: not a readable DVC pointer file with outs[0].md5") from None
 
 
-def fetch_raw(project_dir: str | Path, sources: dict[str, str], only: list[str] | None = None,
+def fetch_raw(project_dir: str | Path, sources: dict[str, str | None], only: list[str] | None = None,
               timeout: float = 60.0) -> list[str]:
     project_dir = Path(project_dir)
     fetched = []
     for rel, url in sources.items():
         if only and rel not in only:
+            continue
+        if url is None:  # no public file reproduces it byte for byte (the CLI says so for each)
+            if only:
+                raise DetoxError(f"{rel}: no public source reproduces this file byte for byte (raw_data.sources "
+                                 "is null); `dvc pull` it from a remote that holds it")
             continue
         target = project_dir / rel
         expected = pointer_md5(target.with_name(target.name + ".dvc"))

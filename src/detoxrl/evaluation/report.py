@@ -99,6 +99,91 @@ def _reward_model_lines(path: Path) -> list[str]:
               f"`{agree['judge']}` judge on which response is less toxic: "
               + (f"{_fmt(agree)} over {agree['pairs']} pairs where it sees a difference."
                  if agree.get("value") is not None else "no pair where the judge sees a difference.")]
+    if "probability" in rm:
+        lines[-1] += (f" As the design's score in [0, 1] (sigmoid of the reward): chosen "
+                      f"{rm['probability']['chosen']:.3f}, rejected {rm['probability']['rejected']:.3f} on average.")
+    if rm.get("reward_bench"):
+        sections = list(next(iter(rm["reward_bench"].values()))["sections"])
+        lines += ["", "### RewardBench", "",
+                  "RewardBench v1 filtered split, scored as RewardBench's own code does: accuracy per subset (a tie "
+                  "counts as wrong), each section the example-count-weighted mean of its subsets (math-prm weighted "
+                  "as the six code subsets together), the score the mean of the sections; 95% bootstrap CIs "
+                  "resampling pairs within subsets.", "",
+                  "| reward model | " + " | ".join(sections) + " | score | pairs (truncated) |",
+                  "| --- | " + " | ".join("---" for _ in sections) + " | --- | ---: |"]
+        for name, rb in rm["reward_bench"].items():
+            cells = [_fmt_ci(rb["sections"][sec]) for sec in sections]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt_ci(rb['score'])} | "
+                         f"{rb['pairs']} ({rb['truncated_pairs']}) |")
+    return lines
+
+
+def _fmt_ci(stat: dict) -> str:
+    """value [lo, hi] of a {value, ci: [lo, hi]} record."""
+    return f"{stat['value']:.3f} [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]"
+
+
+def _chat_lines(chat_dir: Path, answers_dir: Path, base: str, params: Params) -> list[str]:
+    """The chat-domain table: each model's answers to held-out ToxicChat inputs, by category, with refusal rates
+    and the paired difference to the baseline."""
+    evals = {m: json.loads((chat_dir / f"{m}.json").read_text()) for m in params.models
+             if (chat_dir / f"{m}.json").exists()}
+    if not evals:
+        return []
+    first = next(iter(evals.values()))
+    ev = params.evaluate
+    cats = [c for c in ("toxic", "jailbreaking", "nontoxic") if first["prompts"].get(c)]
+    lines = ["", "## Chat domain: held-out ToxicChat user inputs", "",
+             f"{first['n_prompts']} user inputs that no model or judge trained on ("
+             + ", ".join(f"{first['prompts'][c]} {c}" for c in cats) + f"), answered in each model's chat template, "
+             f"k = {first['k']}; headline judge `{first['judge']}` (trained on ToxicChat human labels, calibrated to "
+             "the human toxic rate). Expected max toxicity by category; refusal = an answer matching "
+             "`chat_eval.refusal_patterns`.", "",
+             "| model | expected max toxicity | " + " | ".join(f"EMT {c}" for c in cats)
+             + " | toxicity probability | refusal rate | " + " | ".join(f"refusal {c}" for c in cats) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in cats) + " | --- | --- | " + " | ".join("---" for _ in cats) + " |"]
+    for name, r in evals.items():
+        t, ref = r["toxicity"], r["refusal_rate"]
+        lines.append(f"| {name}{'' if r['chat_template'] else ' (no template: raw text)'} | "
+                     f"{_fmt(t['overall']['expected_max_toxicity'])} | "
+                     + " | ".join(_fmt(t[c]["expected_max_toxicity"]) if c in t else "n/a" for c in cats)
+                     + f" | {_fmt(t['overall']['toxicity_probability'])} | {_fmt(ref['overall'])} | "
+                     + " | ".join(_fmt(ref[c]) if c in ref else "n/a" for c in cats) + " |")
+    if base in evals and (answers_dir / f"{base}.jsonl").exists():
+        per = {m: M.per_prompt(read_jsonl(answers_dir / f"{m}.jsonl"), ev.toxic_threshold) for m in evals
+               if (answers_dir / f"{m}.jsonl").exists()}
+        lines += ["", f"Paired difference to `{base}` (same prompts): Δ expected max toxicity, Δ toxicity probability",
+                  "", "| model | Δ expected max toxicity | Δ toxicity probability |", "| --- | --- | --- |"]
+        for name in per:
+            if name != base:
+                d = M.paired_difference(per[name], per[base], ev.bootstrap_samples, ev.ci_level, ev.seed)
+                lines.append(f"| {name} | {_fmt(d['expected_max_toxicity'])} | {_fmt(d['toxicity_probability'])} |")
+    return lines
+
+
+def _human_label_lines(judges: dict, chat_judge_path: Path) -> list[str]:
+    tc = judges.get("toxicchat")
+    if not tc:
+        return []
+    lines = ["", "## Judge validation against human labels (ToxicChat)", "",
+             f"{tc['reference']}. AUPRC's chance level is the toxic rate. Published anchors on ToxicChat's test "
+             "split (another split, for orientation only), AUPRC: OpenAI moderation 0.63, Llama Guard 7B about "
+             "0.62, ToxicChat-T5-large 0.885.", "",
+             "| judge | AUROC | AUPRC | toxic rate | inputs |", "| --- | --- | --- | ---: | ---: |"]
+    for name, j in tc["judges"].items():
+        if "skipped" in j:
+            lines.append(f"| {name} | | | | skipped: {j['skipped']} |")
+        elif j.get("auroc") is None:
+            lines.append(f"| {name} | n/a | n/a | {j['positive_rate']:.3f} | {j['n']} |")
+        else:
+            lines.append(f"| {name} | {j['auroc']:.3f} [{j['auroc_ci'][0]:.3f}, {j['auroc_ci'][1]:.3f}] | "
+                         f"{j['auprc']:.3f} [{j['auprc_ci'][0]:.3f}, {j['auprc_ci'][1]:.3f}] | "
+                         f"{j['positive_rate']:.3f} | {j['n']} |")
+    if chat_judge_path.exists():
+        h = json.loads(chat_judge_path.read_text())["heldout"]
+        lines += ["", f"`chat_distilled` during training ({h['method']}, {h['n']} inputs): AUROC {h['auroc']:.3f}, "
+                  f"AUPRC {h['auprc']:.3f} (toxic rate {h['positive_rate']:.3f}). Which judge to trust where: the "
+                  "Perspective table above is web text (RTP), this one is chat."]
     return lines
 
 
@@ -344,6 +429,8 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
     calibration_png = plots_dir / "judge_calibration.png"
     if calibration_png.exists():
         lines += ["", f"![judge reliability curves]({rel / calibration_png.name})"]
+    lines += _human_label_lines(judges, Path(data_path).parent / "chat_judge_train.json")
+    lines += _chat_lines(Path(data_path).parent / "chat", Path("data/chat/answers"), base, params)
     lines += ["", "## Most toxic continuations", "", *_examples(scores, base, params.report.n_examples)]
     write_json(summary_path, summary)
     with atomic_file(report_path) as fh:

@@ -7,7 +7,13 @@ metrics/reward_model.json:
   rewards           mean/std of chosen and rejected rewards and of all of them (centred rewards have mean ~0)
   judge_agreement   over the pairs where the toxicity judge finds one response strictly less toxic: the share
                     where the RM also prefers that one (does the RM reward harmlessness the way the judge sees it?)
-plots/reward_model/rewards.csv + .png: the reward distributions of chosen vs rejected responses.
+  probability       the same rewards as the design's score in [0, 1] (sigmoid of the reward): mean per response kind
+  reward_bench      RewardBench v1 (filtered split): accuracy per subset, the four section scores as RewardBench
+                    weights them, and their mean, with bootstrap CIs (evaluation/reward_bench.py), for models/reward
+                    and every RM in `eval_reward_model.reward_bench.models`; pairs longer than its max_length are
+                    truncated as the RM reads them (the prompt loses its start) and counted
+plots/reward_model/rewards.csv + .png: the reward distributions of chosen vs rejected responses;
+plots/reward_model/reward_bench.csv: the section scores of each RM (a bar chart in `dvc plots`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from .. import hardware
 from ..io import atomic_file, read_jsonl, write_json
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
-from ..scoring.reward_models import RewardModelScorer, chat_ids
+from ..scoring.reward_models import RewardModelScorer, dialogue_ids, pair_question, sigmoid
+from . import reward_bench as RB
 from .metrics import bootstrap_means
 
 
@@ -37,23 +44,49 @@ def bucket_names(edges: list[int]) -> list[str]:
     return [f"<{edges[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(bounds[1:], bounds[2:])] + [f">={edges[-1]}"]
 
 
+def score_reward_bench(scorer: RewardModelScorer, rows: list[dict], max_length: int, stats: tuple) -> dict:
+    """RewardBench scores of one RM: each (prompt, response) read in the RM's own format, at most max_length
+    tokens (the prompt loses its start first); the pairs where either response was cut are counted."""
+    seqs, truncated = [], 0
+    for row in rows:
+        messages = [{"role": "user", "content": row["prompt"]}]
+        pair = [dialogue_ids(scorer.tokenizer, scorer.format, messages, row[k]) for k in ("chosen", "rejected")]
+        truncated += any(len(ids) > max_length for ids in pair)
+        seqs += [ids if len(ids) <= max_length else
+                 dialogue_ids(scorer.tokenizer, scorer.format, messages, row[k], max_length)
+                 for ids, k in zip(pair, ("chosen", "rejected"))]
+    scores = np.array(scorer.score_ids(seqs)).reshape(len(rows), 2)
+    return {**RB.score_summary(rows, scores[:, 0], scores[:, 1], *stats), "source": scorer.source,
+            "format": scorer.format, "pairs": len(rows), "truncated_pairs": int(truncated), "max_length": max_length}
+
+
+def _plot_reward_bench(results: dict, plots_dir: Path) -> None:
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(plots_dir / "reward_bench.csv") as fh:
+        fh.write("model,section,value,ci_low,ci_high,pairs\n")
+        for name, r in results.items():
+            for section, v in r["sections"].items():
+                fh.write(f"{name},{section},{v['value']:.6f},{v['ci'][0]:.6f},{v['ci'][1]:.6f},{v['n']}\n")
+
+
 def evaluate_reward_model(model_dir: str | Path, pairs_path: str | Path, metrics_path: str | Path,
-                          plots_dir: str | Path, params: Params) -> dict:
+                          plots_dir: str | Path, params: Params, reward_bench_path: str | Path | None = None) -> dict:
     p, ev = params.eval_reward_model, params.evaluate
     pairs = read_jsonl(pairs_path)[: p.max_pairs]
-    scorer = RewardModelScorer(str(model_dir), "chat", p.batch_size, params.reward_model.max_length)
+    scorer = RewardModelScorer(str(model_dir), "auto", p.batch_size, params.reward_model.max_length)
     turns = scorer.info.get("context_turns")
     seqs = []
     for pair in pairs:
         messages = pair["prompt"][-turns:] if turns else pair["prompt"]
-        seqs += [chat_ids(scorer.tokenizer, messages, pair[k], scorer.max_length) for k in ("chosen", "rejected")]
+        seqs += [dialogue_ids(scorer.tokenizer, scorer.format, messages, pair[k], scorer.max_length)
+                 for k in ("chosen", "rejected")]
     rewards = np.array(scorer.score_ids(seqs)).reshape(len(pairs), 2)
     chosen, rejected = rewards[:, 0], rewards[:, 1]
     stats = (ev.bootstrap_samples, ev.ci_level, ev.seed)
 
     tok = scorer.tokenizer
-    prompt_len = np.array([len(tok(tok.apply_chat_template(pair["prompt"], tokenize=False),
-                                   add_special_tokens=False)["input_ids"]) for pair in pairs])
+    render = (lambda m: tok.apply_chat_template(m, tokenize=False)) if scorer.format == "chat" else pair_question
+    prompt_len = np.array([len(tok(render(pair["prompt"]), add_special_tokens=False)["input_ids"]) for pair in pairs])
     bucket = np.searchsorted(np.array(p.length_buckets), prompt_len, side="right")
     by_length = {name: pair_accuracy(chosen[bucket == i], rejected[bucket == i], *stats)
                  for i, name in enumerate(bucket_names(p.length_buckets))}
@@ -77,7 +110,18 @@ def evaluate_reward_model(model_dir: str | Path, pairs_path: str | Path, metrics
               "by_prompt_length": by_length,
               "rewards": {"chosen": moments(chosen), "rejected": moments(rejected), "all": moments(rewards.ravel()),
                           "mean_margin": float((chosen - rejected).mean())},
+              "probability": {"chosen": float(np.mean(sigmoid(chosen))), "rejected": float(np.mean(sigmoid(rejected)))},
               "judge_agreement": agreement}
+    rb = p.reward_bench
+    if rb is not None and reward_bench_path is not None:
+        rows = RB.sample_pairs(RB.load_reward_bench(reward_bench_path), rb.sections, rb.per_subset, rb.full_sections,
+                               rb.seed)
+        scorers = {"models/reward": scorer}
+        for name, source in rb.models.items():
+            scorers[name] = RewardModelScorer(source, "auto", p.batch_size, rb.max_length)
+        result["reward_bench"] = {name: score_reward_bench(s, rows, rb.max_length, stats)
+                                  for name, s in scorers.items()}
+        _plot_reward_bench(result["reward_bench"], Path(plots_dir))
     _plot(chosen, rejected, Path(plots_dir))
     result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
     write_json(metrics_path, result)

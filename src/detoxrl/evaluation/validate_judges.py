@@ -9,6 +9,10 @@ Each judge's scores are also mapped to the Perspective scale where `train_judge`
 reliability curves (mean calibrated score vs mean Perspective score per score bin, and raw where
 calibrated) go to plots/judge_calibration.csv and .png, with the expected calibration error in the
 metrics.
+
+On chat text, every judge is also measured against human labels: the held-out ToxicChat user inputs
+(data/chat/heldout.jsonl; none of them trained the chat_distilled judge), AUROC and AUPRC (average precision;
+its chance level is the toxic rate, reported beside it) with percentile-bootstrap CIs over inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..io import read_jsonl, write_json
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, reliability, to_perspective_scale
+from ..scoring.train_chat_judge import label_metrics
 
 
 def reference_texts(prompts: list[dict]) -> tuple[list[str], np.ndarray]:
@@ -47,8 +52,24 @@ def agreement(pred: np.ndarray, perspective: np.ndarray, threshold: float) -> di
     }
 
 
+def human_label_agreement(pred: np.ndarray, labels: np.ndarray, n_samples: int, level: float, seed: int) -> dict:
+    """AUROC/AUPRC against binary human labels, each with a percentile bootstrap CI over the texts."""
+    point = label_metrics(labels, pred)
+    if point["auroc"] is None:
+        return point
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_samples):
+        idx = rng.integers(0, len(pred), len(pred))
+        m = label_metrics(labels[idx], pred[idx])
+        if m["auroc"] is not None:
+            boots.append((m["auroc"], m["auprc"]))
+    lo, hi = np.quantile(np.array(boots), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return {**point, "auroc_ci": [float(lo[0]), float(hi[0])], "auprc_ci": [float(lo[1]), float(hi[1])]}
+
+
 def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: Params,
-                    plots_dir: str | Path | None = None) -> dict:
+                    plots_dir: str | Path | None = None, chat_heldout_path: str | Path | None = None) -> dict:
     texts, perspective = reference_texts(read_jsonl(prompts_path))
     cache = ScoreCache(params.judges.cache_dir)
     calibrations = load_calibrations(params.judges.trained_dir)
@@ -70,6 +91,23 @@ def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: 
         if calibrated and judge.name in calibrations:  # a judge with its own raw scale: that curve too
             curves[name]["raw"], entry["calibration_error_raw"] = reliability(pred, perspective)
         result["judges"][name] = entry
+    if chat_heldout_path is not None:
+        chat = read_jsonl(chat_heldout_path)
+        cap = params.validate_judges.max_chat_inputs
+        if cap is not None and cap < len(chat):
+            chat = [chat[i] for i in sorted(np.random.default_rng(0).choice(len(chat), cap, replace=False))]
+        chat_texts, human = [r["text"] for r in chat], np.array([bool(r["toxic"]) for r in chat])
+        ev = params.evaluate
+        result["toxicchat"] = {"reference": f"ToxicChat human majority labels of {len(chat)} held-out user inputs "
+                                            f"({chat_heldout_path})", "judges": {}}
+        for name in params.validate_judges.judges:
+            if "skipped" in result["judges"][name]:
+                result["toxicchat"]["judges"][name] = result["judges"][name]
+                continue
+            judge = make_judge(name, params.judges)
+            pred = np.array([s["toxicity"] for s in score_texts(judge, chat_texts, cache)])
+            result["toxicchat"]["judges"][name] = human_label_agreement(pred, human, min(ev.bootstrap_samples, 500),
+                                                                        ev.ci_level, ev.seed)
     if plots_dir is not None:
         _reliability_plots(curves, Path(plots_dir))
     result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind

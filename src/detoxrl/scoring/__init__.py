@@ -22,7 +22,7 @@ __all__ = ["Judge", "ScoreCache", "make_judge", "score_texts"]
 class Judge(Protocol):
     """Scores texts for toxicity."""
 
-    name: str  # "offline" | "detoxify" | "openai" | "perspective_distilled" | "ensemble"
+    name: str  # "offline" | "detoxify" | "openai" | "perspective_distilled" | "chat_distilled" | "ensemble"
     version: str  # identifies the judge's model/weights; part of the cache key
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:
@@ -48,8 +48,14 @@ def make_judge(name: JudgeName, params: JudgesParams) -> Judge:
         from .distilled import DistilledJudge
 
         return DistilledJudge(params.trained_dir, params.perspective_distilled.batch_size)
+    if name == "chat_distilled":
+        from .distilled import DistilledJudge
+
+        return DistilledJudge(params.chat_dir, params.perspective_distilled.batch_size, "chat_distilled",
+                              "train_chat_judge")
     if name == "ensemble":
         from .ensemble import EnsembleJudge
 
         return EnsembleJudge(params)
-    raise DetoxError(f"unknown judge {name!r}: expected offline, detoxify, openai, perspective_distilled or ensemble")
+    raise DetoxError(f"unknown judge {name!r}: expected offline, detoxify, openai, perspective_distilled, "
+                     "chat_distilled or ensemble")

@@ -91,15 +91,14 @@ def save_judge(out_dir: Path, meta: dict, layers: list[tuple[np.ndarray, np.ndar
 
 
 class DistilledJudge:
-    """toxicity = the classifier's P(Perspective toxicity >= label threshold); no category scores."""
+    """toxicity = the classifier's P(toxic): Perspective toxicity >= the label threshold (perspective_distilled,
+    trained by train_judge) or the human majority label of ToxicChat (chat_distilled, train_chat_judge)."""
 
-    name = "perspective_distilled"
-
-    def __init__(self, judge_dir: str | Path, batch_size: int = 64):
-        judge_dir = Path(judge_dir)
+    def __init__(self, judge_dir: str | Path, batch_size: int = 64, name: str = "perspective_distilled",
+                 stage: str = "train_judge"):
+        judge_dir, self.name = Path(judge_dir), name
         if not (judge_dir / JUDGE_FILE).exists() or not (judge_dir / WEIGHTS_FILE).exists():
-            raise DetoxError(f"perspective_distilled judge: {judge_dir} holds no trained judge "
-                             "(run `dvc repro train_judge`)")
+            raise DetoxError(f"{name} judge: {judge_dir} holds no trained judge (run `dvc repro {stage}`)")
         try:
             self.meta = json.loads((judge_dir / JUDGE_FILE).read_text(encoding="utf-8"))
             with np.load(judge_dir / WEIGHTS_FILE) as z:
@@ -109,8 +108,8 @@ class DistilledJudge:
                 raise ValueError("n-gram features without their idf weights")
             self.version = judge_version(self.meta, self.layers, self.idf)
         except (ValueError, KeyError, OSError) as exc:
-            raise DetoxError(f"perspective_distilled judge: {judge_dir} is not a saved judge ({exc}); "
-                             "rerun train_judge") from None
+            raise DetoxError(f"{name} judge: {judge_dir} is not a saved judge ({exc}); rerun {stage}") from None
+        self.stage = stage
         self.batch_size = batch_size
         self._encoder = None  # loaded on the first call: cached scores need no encoder
 
@@ -121,8 +120,8 @@ class DistilledJudge:
 
             self._encoder = load_encoder(self.meta["encoder"], self.meta["max_length"], self.batch_size)
             if self._encoder.version != self.meta["encoder_version"]:
-                raise DetoxError(f"perspective_distilled judge: trained on encoder {self.meta['encoder_version']} "
-                                 f"but {self._encoder.version} is installed; rerun train_judge")
+                raise DetoxError(f"{self.name} judge: trained on encoder {self.meta['encoder_version']} "
+                                 f"but {self._encoder.version} is installed; rerun {self.stage}")
         return self._encoder
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:

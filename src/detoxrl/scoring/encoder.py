@@ -10,6 +10,8 @@ which is what all-MiniLM-L6-v2 and most sentence-transformers models use.
 
 from __future__ import annotations
 
+import functools
+
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -60,8 +62,18 @@ class Encoder:
         self.device = hardware.process_state().device  # this process's GPU under accelerate launch
         self.model.to(self.device)
         self.dim = self.model.config.hidden_size
+        self._memo: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of `texts`, one row each. A text this encoder embedded before in this process is not
+        embedded again (judges sharing the encoder, e.g. perspective_distilled and chat_distilled, share the work)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if new:
+            for text, row in zip(new, self._encode(new)):
+                self._memo[text] = row
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -80,6 +92,8 @@ class Encoder:
         return out
 
 
+@functools.lru_cache(maxsize=4)
 def load_encoder(source: str = "packaged:all-minilm-l6-v2", max_length: int = 128, batch_size: int = 64) -> Encoder:
-    """The sentence encoder named by `source` (see the module docstring); offline for packaged ones."""
+    """The sentence encoder named by `source` (see the module docstring); offline for packaged ones. One instance
+    per (source, max_length, batch_size) in a process."""
     return Encoder(source, max_length, batch_size)

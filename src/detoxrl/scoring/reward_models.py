@@ -4,8 +4,8 @@ The input format depends on the model family, and getting it wrong silently ruin
   chat  an RM built on a causal LM (Skywork-Reward-V2 on Qwen3, Llama/SmolLM with a scalar head, the RM this
         pipeline trains) reads the conversation rendered by *its own* chat template,
         [user: prompt, assistant: response], and scores the sequence's last token;
-  pair  a cross-encoder RM (OpenAssistant/reward-model-deberta-v3-large-v2) reads tokenizer(question, answer)
-        with no template.
+  pair  a cross-encoder RM (OpenAssistant/reward-model-deberta-v3-large-v2, or the MiniLM RM this pipeline can
+        train) reads [CLS] question [SEP] answer [SEP] with no template.
 `auto` picks chat when the tokenizer has a chat template, else pair.
 
 Scores are deterministic (eval mode, no sampling) and independent of the batch size up to float rounding:
@@ -36,9 +36,38 @@ def chat_ids(tokenizer, messages: list[dict], response: str, max_length: int | N
 
 
 def pair_ids(tokenizer, prompt: str, response: str, max_length: int | None = None) -> list[int]:
-    """Token ids of the (question, answer) pair for a cross-encoder RM, truncating the question first."""
-    kw = {"truncation": "only_first", "max_length": max_length} if max_length else {}
-    return tokenizer(prompt, response, **kw)["input_ids"]
+    """Token ids of the (question, answer) pair for a cross-encoder RM: [CLS] question [SEP] answer [SEP].
+
+    When too long, the question loses its start first (its end, next to the answer, stays), then the answer its
+    end, so that a long question never pushes the answer out."""
+    if not max_length:
+        return tokenizer(prompt, response)["input_ids"]
+    room = max_length - len(tokenizer("", "")["input_ids"])  # what the special tokens leave
+    q = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if len(a) > room - min(len(q), room // 2):  # the answer alone would crowd out the question: cut its end
+        response = tokenizer.decode(a[:room - min(len(q), room // 2)])
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"  # then the question loses its start
+    try:
+        return tokenizer(prompt, response, truncation="only_first", max_length=max_length)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+
+
+def pair_question(messages: list[dict]) -> str:
+    """The question a cross-encoder RM reads: the user's message, or the dialogue as `role: text` lines."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def dialogue_ids(tokenizer, fmt: str, messages: list[dict], response: str, max_length: int | None = None) -> list[int]:
+    """The token ids an RM of format `fmt` (chat or pair) reads for a dialogue and its next assistant response;
+    the reward_model stage trains on exactly these and every scorer reads them."""
+    if fmt == "chat":
+        return chat_ids(tokenizer, messages, response, max_length)
+    return pair_ids(tokenizer, pair_question(messages), response, max_length)
 
 
 def resolve_source(source: str) -> tuple[str, bool]:
@@ -79,15 +108,14 @@ class RewardModelScorer:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         info_file = Path(path) / INFO_FILE
         self.info = json.loads(info_file.read_text()) if not is_hub and info_file.exists() else {}
-        if fmt == "auto":
-            fmt = "chat" if self.tokenizer.chat_template else "pair"
+        if fmt == "auto":  # the format the reward_model stage trained it in, else what the tokenizer can do
+            fmt = self.info.get("format") or ("chat" if self.tokenizer.chat_template else "pair")
         self.format, self.batch_size, self.max_length, self.source = fmt, batch_size, max_length, source
         self._torch = torch
 
     def encode(self, prompt: str, response: str) -> list[int]:
-        if self.format == "chat":
-            return chat_ids(self.tokenizer, [{"role": "user", "content": prompt}], response, self.max_length)
-        return pair_ids(self.tokenizer, prompt, response, self.max_length)
+        return dialogue_ids(self.tokenizer, self.format, [{"role": "user", "content": prompt}], response,
+                            self.max_length)
 
     def score_ids(self, seqs: list[list[int]]) -> list[float]:
         torch, pad = self._torch, self.tokenizer.pad_token_id
@@ -118,6 +146,18 @@ class RewardModelScorer:
         return self.model(input_ids=ids, attention_mask=attn).logits[:, 0]
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The raw reward (the head's logit) of each (prompt, response)."""
         if len(prompts) != len(responses):
             raise DetoxError(f"reward model: {len(prompts)} prompts but {len(responses)} responses")
         return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)])
+
+    def probability(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The score in [0, 1] the design specifies: sigmoid(reward), the Bradley-Terry probability that the
+        response beats one of reward 0."""
+        return sigmoid(self.score(prompts, responses))
+
+
+def sigmoid(rewards) -> list[float]:
+    import numpy as np
+
+    return (1.0 / (1.0 + np.exp(-np.asarray(rewards, dtype=float)))).tolist()

@@ -26,25 +26,32 @@ from pathlib import Path
 from .. import DetoxError
 from ..io import atomic_dir, read_jsonl, write_json
 from ..params import RewardModelParams
-from ..scoring.reward_models import INFO_FILE, chat_ids
+from ..scoring.reward_models import INFO_FILE, dialogue_ids
 from . import common
+
+ENCODERS = {"bert", "deberta", "deberta-v2", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"}
 
 
 def backbone_path(backbone: str, base_dir: str | Path) -> tuple[str, bool]:
-    """(path or hub id, is_hub) of `base`, `hub:<id>` or `local:<dir>`."""
+    """(path or hub id, is_hub) of `base`, `packaged:<encoder>`, `hub:<id>` or `local:<dir>`."""
     if backbone == "base":
         return str(base_dir), False
+    if backbone.startswith("packaged:"):
+        from ..scoring.encoder import packaged_model_dir
+
+        return str(packaged_model_dir(backbone[9:])[0]), False
     if backbone.startswith("hub:"):
         return backbone[4:], True
     if backbone.startswith("local:") and Path(backbone[6:]).is_dir():
         return backbone[6:], False
-    raise DetoxError(f"reward_model.backbone: {backbone!r} must be 'base', 'hub:<org/name>' or 'local:<existing dir>'")
+    raise DetoxError(f"reward_model.backbone: {backbone!r} must be 'base', 'packaged:all-minilm-l6-v2', "
+                     "'hub:<org/name>' or 'local:<existing dir>'")
 
 
-def tokenize_pair(record: dict, tokenizer, context_turns: int | None, max_length: int) -> dict:
+def tokenize_pair(record: dict, tokenizer, fmt: str, context_turns: int | None, max_length: int) -> dict:
     messages = record["prompt"][-context_turns:] if context_turns else record["prompt"]
-    return {"chosen_ids": chat_ids(tokenizer, messages, record["chosen"], max_length),
-            "rejected_ids": chat_ids(tokenizer, messages, record["rejected"], max_length)}
+    return {"chosen_ids": dialogue_ids(tokenizer, fmt, messages, record["chosen"], max_length),
+            "rejected_ids": dialogue_ids(tokenizer, fmt, messages, record["rejected"], max_length)}
 
 
 def load_backbone(path: str, is_hub: bool, tokenizer, quant, params: RewardModelParams):
@@ -66,7 +73,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
                        metrics_path: str | Path, plots_dir: str | Path, params: RewardModelParams,
                        callbacks=()) -> dict:
     from datasets import Dataset
-    from transformers import AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
     quant = common.quantization_config(params, "reward_model")  # fails here, before anything loads, without CUDA
@@ -74,12 +81,15 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise DetoxError(f"reward_model.backbone {params.backbone!r}: its tokenizer has no chat template, which the "
-                         "chat-format RM needs (pick an instruct/chat model)")
+    # a decoder with a chat template reads the templated dialogue; an encoder (MiniLM, DeBERTa) is a cross-encoder
+    # over (question, answer); the scorer reads the format from detoxrl_reward.json
+    fmt = "chat" if tokenizer.chat_template else "pair"
+    if fmt == "pair" and AutoConfig.from_pretrained(path).model_type not in ENCODERS:
+        raise DetoxError(f"reward_model.backbone {params.backbone!r}: a causal LM whose tokenizer has no chat "
+                         "template; pick an instruct/chat model, or an encoder (bert, deberta-v2, roberta, ...)")
 
     def dataset(rows: list[dict]) -> Dataset:
-        recs = [tokenize_pair(r, tokenizer, params.context_turns, params.max_length) for r in rows]
+        recs = [tokenize_pair(r, tokenizer, fmt, params.context_turns, params.max_length) for r in rows]
         if params.margin is not None:
             for rec in recs:
                 rec["margin"] = params.margin
@@ -106,7 +116,8 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
                "pairs_seen": trainer.state.global_step * params.batch_size * params.grad_accum,
                "train_pairs": len(trainer.train_dataset), "validation_pairs": len(val),
-               "backbone": params.backbone, "context_turns": params.context_turns, "validation": validation}
+               "backbone": params.backbone, "format": fmt, "context_turns": params.context_turns,
+               "validation": validation}
 
     model = trainer.model
     if quant is not None:  # merge the adapter into full-precision weights, not the quantized ones it trained over
@@ -123,7 +134,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / INFO_FILE).write_text(json.dumps({"format": "chat", "context_turns": params.context_turns,
+        (tmp / INFO_FILE).write_text(json.dumps({"format": fmt, "context_turns": params.context_turns,
                                                  "backbone": params.backbone}, indent=2) + "\n")
     write_json(metrics_path, metrics)
     shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
