@@ -30,7 +30,7 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
                   "generate@base", "generate@sft",
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
                   "validate_judges", "train_judge", "report", "prepare_chat", "train_chat_judge", "chat_eval@base",
-                  "chat_eval@ppo"):
+                  "chat_eval@ppo", "pref_gen", "label_ai", "dpo_feedback@rlaif", "evaluate@dpo_rlaif"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -85,7 +85,16 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert "## Chat domain: held-out ToxicChat user inputs" in report_md and "### RewardBench" in report_md
     assert "## Judge validation against human labels (ToxicChat)" in report_md
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
-    assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo", "ppo"}
+    assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {"sft", "dpo", "ppo",
+                                                                                               "dpo_rlaif"}
+    # The feedback loop: on-policy pools, AI labels with the graders' agreement, DPO on them, the method table.
+    labels = json.loads((repo / "metrics" / "label_ai.json").read_text())
+    assert labels["prompts"] == 8 and labels["grader_queries"] == 8 * 2 * 2
+    assert labels["graders"] == ["perspective_distilled", "reward_model"]
+    assert 0 <= labels["agreement"]["perspective_distilled vs reward_model"] <= 1
+    rlaif = json.loads((repo / "metrics" / "dpo_rlaif.json").read_text())
+    assert rlaif["steps"] == 2 and rlaif["judges_in_reward"] == ["perspective_distilled"]
+    assert "## Methods compared" in report_md and "| dpo_rlaif |" in report_md
     plots = run(["dvc", "plots", "show", "--json"], repo)
     assert "plots/sft/plots/metrics/train/loss.tsv" in plots and "plots/dpo/plots/metrics/train/grad_norm.tsv" in plots
     assert "plots/ppo/plots/metrics/objective/kl.tsv" in plots

@@ -28,7 +28,7 @@ from conftest import GIT_ID, ROOT, SmokeWorkspace, cli_env, run
 
 pytestmark = pytest.mark.slow
 
-PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "report"}
+PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "chat_eval@ppo", "report"}
 DPO_CHAIN = {"dpo", "pref_eval", "generate@dpo", "evaluate@dpo", "report"}
 UPSTREAM = {"base_model", "prepare", "sft"}
 OFFLINE_TEMPLATE = ROOT / ".cache" / "plots-offline.html"  # `make setup` writes it (detoxrl plots-template)
@@ -320,12 +320,16 @@ def test_a_base_model_without_chat_template_runs_the_whole_pipeline(ws, tmp_path
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["base_model"].update(source=f"local:{gpt2}", chat_format="hh")
     gpt2_modules = ["c_attn", "c_proj", "c_fc"]
-    for stage in ("sft", "dpo", "reward_model", "ppo"):
+    for stage in ("sft", "dpo", "dpo_feedback", "reward_model", "ppo"):
         params[stage]["lora"]["target_modules"] = gpt2_modules
+    # the RM on the base model too (a decoder reading the HH template), not the default MiniLM encoder
+    params["reward_model"]["backbone"] = "base"
+    params["reward_model"]["lora"]["enabled"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], repo)
     assert {"base_model", "prepare", "sft", "dpo", "reward_model", "ppo", "pref_eval", "generate@ppo",
-            "evaluate@ppo", "report"} <= ran(out), out
+            "evaluate@ppo", "pref_gen", "dpo_feedback@rlaif", "chat_eval@ppo", "report"} <= ran(out), out
+    assert json.loads((repo / "models" / "reward" / "detoxrl_reward.json").read_text())["format"] == "chat"
     prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
     assert prov["chat_format"] == "hh" and prov["source"] == f"local:{gpt2}"
     from transformers import AutoConfig, AutoTokenizer

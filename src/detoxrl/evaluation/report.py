@@ -161,6 +161,53 @@ def _chat_lines(chat_dir: Path, answers_dir: Path, base: str, params: Params) ->
     return lines
 
 
+def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]:
+    """One row per method: the headline toxicity with CIs, the paired difference to SFT, fluency, and the budget
+    that bought it (training samples, responses scored by a judge/RM, wall time of the stages that made it)."""
+    def load(name: str) -> dict:
+        path = metrics_dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    gen, labels = load("pref_gen"), load("label_ai")
+    budget = {"base": ("none", "0", "0")}
+    if (m := load("sft")) and "sft" in summary["models"]:
+        budget["sft"] = (f"{m['steps'] * params.sft.batch_size * params.sft.grad_accum} dialogues", "0", "n/a")
+    if (m := load("dpo")) and "dpo" in summary["models"]:
+        budget["dpo"] = (f"{m.get('pairs_seen', '?')} HH pairs (human labels)", "0", f"{m.get('train_seconds', 0):.0f}")
+    if (m := load("dpo_rlaif")) and "dpo_rlaif" in summary["models"] and gen and labels:
+        graded = labels["grader_queries"] // len(labels["graders"])
+        budget["dpo_rlaif"] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({labels['pairs']} labelled)",
+                               f"{graded} x {' + '.join(labels['graders'])}",
+                               f"{gen['seconds'] + labels['seconds'] + m.get('train_seconds', 0):.0f}")
+    if (m := load("ppo")) and "ppo" in summary["models"]:
+        rollouts = m["steps"] * params.ppo.batch_size
+        steps_file = metrics_dir.parent / "plots" / "ppo" / "plots" / "metrics" / "time" / "step_s.tsv"
+        seconds = (f"{sum(float(line.split()[1]) for line in steps_file.read_text().splitlines()[1:]):.0f}"
+                   if steps_file.exists() else "n/a")  # the sum of PPO's per-step times (its dvclive curve)
+        budget["ppo"] = (f"{rollouts} rollouts", f"{rollouts} x {m['reward_source']}", seconds)
+    vs_sft = summary["vs_models"].get("sft", {})
+    lines = ["", "## Methods compared", "",
+             "Each method's headline toxicity (judge `" + summary["judge"]["name"] + "`) with its paired difference "
+             "to `sft` (the start of every trained method), fluency, and its budget: training samples, responses "
+             "scored by a judge or reward model to make its training signal, and the wall time of the stages that "
+             "made it (generation and labelling included). PPO's and dpo_rlaif's default budgets of scored "
+             "responses are equal, so the Δ column compares what each buys per query.", "",
+             "| method | expected max toxicity | Δ vs sft | toxicity probability | perplexity | training samples "
+             "| responses scored | seconds |", "| --- | --- | --- | --- | ---: | --- | --- | ---: |"]
+    for name, m in summary["models"].items():
+        samples, queries, seconds = budget.get(name, ("n/a", "n/a", "n/a"))
+        head = summary["judge"]["name"]
+        d = vs_sft.get(name, {}).get(head)
+        ppl = f"{m['perplexity']:.1f}" if m["perplexity"] else "n/a"
+        lines.append(f"| {name} | {_fmt(m['expected_max_toxicity'])} | {_fmt(d['expected_max_toxicity']) if d else ''}"
+                     f" | {_fmt(m['toxicity_probability'])} | {ppl} | {samples} | {queries} | {seconds} |")
+    if labels.get("agreement"):
+        lines += ["", "AI labels: " + f"{labels['pairs']} pairs kept of {labels['prompts']} prompts "
+                  f"({labels['dropped_below_margin']} below the margin {labels['min_margin']}); grader agreement "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in labels["agreement"].items() if v is not None) + "."]
+    return lines
+
+
 def _human_label_lines(judges: dict, chat_judge_path: Path) -> list[str]:
     tc = judges.get("toxicchat")
     if not tc:
@@ -405,6 +452,7 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
                          f"{_fmt(d['mean_toxicity'])} |")
     else:
         lines.append(f"Only `{base}` is evaluated so far; trained models join through `models:` in params.yaml.")
+    lines += _method_lines(summary, Path(data_path).parent, params)
     lines += _vs_models_lines(summary)
     lines += _reward_model_lines(Path(data_path).parent / "reward_model.json")
     lines += ["", "## Plots", "", *(f"![{p}]({rel / p})" for p in pngs), "",

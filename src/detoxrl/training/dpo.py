@@ -28,7 +28,11 @@ from . import common, lm_head
 
 
 def to_preference(record: dict) -> dict:
-    """{id, prompt: [messages], chosen: str, rejected: str} -> TRL's conversational preference format."""
+    """{id, prompt: [messages], chosen: str, rejected: str} -> TRL's conversational preference format; a prompt
+    that is plain text (the on-policy pairs of pref_gen/label_ai, raw continuations of RTP prompts) stays in
+    TRL's standard format: the prompt and each response concatenated as text, as the models are evaluated."""
+    if isinstance(record["prompt"], str):
+        return {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"]}
     return {"prompt": record["prompt"],
             "chosen": [{"role": "assistant", "content": record["chosen"]}],
             "rejected": [{"role": "assistant", "content": record["rejected"]}]}
@@ -59,7 +63,10 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
 
     sft_dir, base_dir = Path(sft_dir), Path(base_dir)
     quant = common.quantization_config(params, "dpo")  # fails here, before anything loads, without CUDA
-    train = [to_preference(r) for r in read_jsonl(train_path)]
+    records = read_jsonl(train_path)
+    train = [to_preference(r) for r in records]
+    # on-policy pairs name the judge that ordered them (label_ai): DPO's "reward" then contains that judge
+    judges_in_reward = sorted({r["grader"] for r in records if r.get("grader")} - {"reward_model"})
     val = [to_preference(r) for r in read_jsonl(val_path)][: params.eval_pairs]
     fp = common.fingerprint(params, [sft_dir, base_dir, train_path, val_path])
     platform = common.platform(params, "dpo")  # prints the precision it runs at, and why
@@ -84,6 +91,9 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
                   if k == "eval_loss" or k.startswith(("eval_rewards/", "eval_logps/"))}
     metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
                "pairs": len(trainer.train_dataset), "validation_pairs": len(val), "loss_type": params.loss_type,
+               "pairs_seen": trainer.state.global_step * params.batch_size * params.grad_accum,
+               "judges_in_reward": judges_in_reward,
+               "train_seconds": round(float(output.metrics.get("train_runtime", 0.0)), 1),
                "beta": params.beta, "validation": validation}
 
     final = Path(params.checkpoint_dir) / "final"
