@@ -47,7 +47,8 @@ def raw_dir() -> Path:
 # The smoke-profile workspace shared by the end-to-end tests (test_pipeline.py, test_workflow.py): the real
 # `dvc pull` + `dvc repro` runs once per session (minutes on 2 cores), in a temporary git repo holding a copy of the
 # project's files. Tests that change it reset it to the committed baseline (`SmokeWorkspace.reset`) or copy it.
-SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw"]
+SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw",
+              "data/labels"]
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 

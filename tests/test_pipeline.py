@@ -30,7 +30,8 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
                   "generate@base", "generate@sft",
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
                   "validate_judges", "train_judge", "report", "prepare_chat", "train_chat_judge", "chat_eval@base",
-                  "chat_eval@ppo", "pref_gen", "label_ai", "dpo_feedback@rlaif", "evaluate@dpo_rlaif"):
+                  "chat_eval@ppo", "pref_gen", "label_ai", "dpo_feedback@rlaif", "evaluate@dpo_rlaif",
+                  "human_pairs", "human_eval"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -95,6 +96,11 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     rlaif = json.loads((repo / "metrics" / "dpo_rlaif.json").read_text())
     assert rlaif["steps"] == 2 and rlaif["judges_in_reward"] == ["perspective_distilled"]
     assert "## Methods compared" in report_md and "| dpo_rlaif |" in report_md
+    # Human labels: none in the pipeline (none invented); the stages run and say so, the report tells how to add them.
+    assert json.loads((repo / "metrics" / "human_labels.json").read_text())["status"] == "no human labels"
+    he = json.loads((repo / "metrics" / "human_eval.json").read_text())
+    assert he["status"] == "no human labels" and he["tasks"] == 6  # the 6 challenging smoke eval prompts
+    assert "No human labels yet" in report_md and not (repo / "data" / "labels" / "human.jsonl").exists()
     plots = run(["dvc", "plots", "show", "--json"], repo)
     assert "plots/sft/plots/metrics/train/loss.tsv" in plots and "plots/dpo/plots/metrics/train/grad_norm.tsv" in plots
     assert "plots/ppo/plots/metrics/objective/kl.tsv" in plots

@@ -368,3 +368,66 @@ def test_exp_run_with_two_processes(ws):
     for curve in ("plots/ppo/plots/metrics/reward/score_mean.tsv", "plots/sft/plots/metrics/train/loss.tsv"):
         steps = [line.split("\t")[0] for line in (repo / curve).read_text().splitlines()[1:]]
         assert len(steps) == len(set(steps)), curve  # one writer: no step logged twice
+
+
+HUMAN_LINES = ("  # human: {", "  # rlaif_human: {", "  # dpo_human: ", "  # dpo_rlaif_human: ")
+
+
+def test_labels_clicked_in_the_browser_train_dpo_human_and_reach_the_report(ws):
+    """The README's human-label path on the smoke pipeline, with labels this test clicks in headless Chromium."""
+    from browser import browser, label_server, wait_progress
+    from detoxrl.data.labels import read_labels, pool_tasks
+    from detoxrl.io import read_jsonl
+
+    repo = ws.path
+    pool = pool_tasks(read_jsonl(repo / "data" / "feedback" / "human_pool.jsonl"))
+    n_eval = json.loads((repo / "metrics" / "human_eval.json").read_text())["tasks"]
+    try:
+        with browser() as b:
+            for mode, n, keys in (("pairs", len(pool), ["ArrowLeft", "ArrowRight"]),
+                                  ("eval", n_eval, ["ArrowLeft", "ArrowRight", "t"])):
+                with label_server(["--mode", mode], repo, cli_env()) as (_, url):
+                    page = b.new_page()
+                    page.goto(url)
+                    page.fill("#annotator", "ci")
+                    page.keyboard.press("Enter")
+                    wait_progress(page, 0, n)
+                    for i in range(n):
+                        page.keyboard.press(keys[i % len(keys)])
+                        wait_progress(page, i + 1, n)
+        people = read_labels(repo / "data" / "labels" / "human.jsonl")
+        judged = read_labels(repo / "data" / "labels" / "human_eval.jsonl")
+        assert len(people) == len(pool) and {x["choice"] for x in people} <= {"a", "b"}
+        assert len(judged) == n_eval and "tie" in {x["choice"] for x in judged}
+
+        # README, "Human labels": track the labels with DVC, uncomment the human runs and models, repro.
+        run(["dvc", "add", "-q", "data/labels/human.jsonl", "data/labels/human_eval.jsonl"], repo)
+        text = (repo / "params.yaml").read_text()
+        for line in HUMAN_LINES:
+            assert line in text, line
+            text = text.replace(line, line.replace("# ", "", 1))
+        (repo / "params.yaml").write_text(text)
+        out = run(["dvc", "repro"], repo)
+        assert {"human_pairs", "dpo_feedback@human", "dpo_feedback@rlaif_human", "generate@dpo_human",
+                "evaluate@dpo_human", "evaluate@dpo_rlaif_human", "human_eval", "report"} <= ran(out), out
+        assert not ran(out) & (UPSTREAM | {"ppo", "dpo", "label_ai", "dpo_feedback@rlaif"})
+
+        hl = json.loads((repo / "metrics" / "human_labels.json").read_text())
+        assert hl["labels"] == len(pool) and hl["pairs"] == len(pool) and hl["annotators"] == ["ci"]
+        assert hl["train_pairs"] + hl["val_pairs"] == len(pool)
+        assert json.loads((repo / "metrics" / "dpo_human.json").read_text())["judges_in_reward"] == ["human"]
+        he = json.loads((repo / "metrics" / "human_eval.json").read_text())
+        win = [{"a": 0.0, "b": 1.0, "tie": 0.5}[x["choice"]] for x in judged]
+        assert he["status"] == "ok" and he["win_rate_b"]["value"] == pytest.approx(sum(win) / len(win))
+        assert set(he["judge_agreement"]) >= {"offline", "perspective_distilled"}
+        report_md = (repo / "reports" / "report.md").read_text()
+        assert "| dpo_human |" in report_md and "| dpo_rlaif_human |" in report_md
+        assert f"Preference labels: {len(pool)} from 1 annotator(s)" in report_md
+        assert f"win rate (ties count half): {he['win_rate_b']['value']:.3f} [" in report_md
+        # dpo_rlaif_human started from dpo_rlaif: the AI grader's judge is in its training signal too.
+        summary = json.loads((repo / "metrics" / "summary.json").read_text())
+        assert summary["models"]["dpo_rlaif_human"]["judges_in_reward"] == ["human", "perspective_distilled"]
+        assert "up to date" in run(["dvc", "status"], repo)
+    finally:  # untracked labels would change the next test's baseline
+        for path in (repo / "data" / "labels").glob("human*"):
+            path.unlink()

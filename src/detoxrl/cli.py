@@ -318,6 +318,140 @@ def label_ai_cmd(
                f"agreement {m['agreement']} -> {out}")
 
 
+@app.command("human-pairs")
+def human_pairs_cmd(
+    params: Path = ParamsOpt,
+    pool: Path = typer.Option(Path("data/feedback/human_pool.jsonl"), help="pref_gen's human pool."),
+    labels: Path = typer.Option(Path("data/labels/human.jsonl"), help="Human labels (absent: none yet)."),
+    out: Path = typer.Option(Path("data/feedback"), help="Output directory."),
+    metrics: Path = typer.Option(Path("metrics/human_labels.json"), help="Counts file."),
+):
+    """People's labels of the human pool -> DPO pairs (majority of votes), with counts and annotator agreement."""
+    from .training.human_pairs import human_pairs
+
+    m = human_pairs(pool, labels, out, metrics, _params(params))
+    typer.echo(f"human_pairs: {m['labels']} labels ({m['stale_labels']} stale) -> {m['pairs']} pairs; {m['status']}")
+
+
+@app.command("human-eval")
+def human_eval_cmd(
+    params: Path = ParamsOpt,
+    eval_prompts: Path = EvalPromptsOpt,
+    generations: Path = typer.Option(Path("data/generations"), help="Generations directory."),
+    scores: Path = typer.Option(Path("data/scores"), help="Per-sample judge scores directory."),
+    labels: Path = typer.Option(Path("data/labels/human_eval.jsonl"), help="Human labels (absent: none yet)."),
+    metrics: Path = typer.Option(Path("metrics/human_eval.json"), help="Output metrics."),
+):
+    """Blind side-by-side human labels of two models: win rate with a CI, each judge's agreement with people."""
+    from .evaluation.human_eval import human_eval
+
+    m = human_eval(eval_prompts, generations, scores, labels, metrics, _params(params))
+    typer.echo(f"human_eval: {m['labels']} labels of {m['tasks']} pairs ({m['model_a']} vs {m['model_b']}); "
+               f"{m['status']}")
+
+
+def _label_tasks(mode: str, params: Path, pool: Path, eval_prompts: Path, generations: Path) -> list[dict]:
+    from .io import read_jsonl
+
+    if mode == "pairs":
+        from .data.labels import pool_tasks
+
+        return pool_tasks(read_jsonl(pool))
+    if mode == "eval":
+        from .evaluation.human_eval import eval_tasks
+
+        return eval_tasks(_params(params), eval_prompts, generations)
+    raise DetoxError(f"--mode {mode!r}: use 'pairs' (the human pool, for DPO) or 'eval' (two models side by side)")
+
+
+ModeOpt = typer.Option("pairs", "--mode", help="pairs: the human pool (DPO data); eval: two models side by side.")
+PoolOpt = typer.Option(Path("data/feedback/human_pool.jsonl"), help="pref_gen's human pool (--mode pairs).")
+GenerationsOpt = typer.Option(Path("data/generations"), help="Generations (--mode eval).")
+
+
+@app.command("label-human")
+def label_human_cmd(
+    mode: str = ModeOpt,
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free port)."),
+    labels: Optional[Path] = typer.Option(None, help="Labels file (default: data/labels/human{,_eval}.jsonl)."),
+    params: Path = ParamsOpt,
+    pool: Path = PoolOpt,
+    eval_prompts: Path = EvalPromptsOpt,
+    generations: Path = GenerationsOpt,
+):
+    """Serve the labelling page on 127.0.0.1: two texts side by side, keyboard shortcuts, every answer saved at once."""
+    from .data.labels import LABEL_FILES, LabelStore
+    from .label_page import LabelServer
+
+    tasks = _label_tasks(mode, params, pool, eval_prompts, generations)
+    store = LabelStore(labels or LABEL_FILES[mode], mode, tasks)
+    server = LabelServer(store, port)
+    typer.echo(f"label-human ({mode}): {len(tasks)} pairs, labels -> {store.path}; open {server.url} "
+               "(Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+label_studio = typer.Typer(help="Label Studio's JSON formats: export the pairs as tasks, import the annotations.")
+app.add_typer(label_studio, name="label-studio")
+
+
+@label_studio.command("export")
+def label_studio_export(
+    out: Path = typer.Argument(..., help="Tasks file to write (import it in Label Studio)."),
+    mode: str = ModeOpt,
+    params: Path = ParamsOpt,
+    pool: Path = PoolOpt,
+    eval_prompts: Path = EvalPromptsOpt,
+    generations: Path = GenerationsOpt,
+):
+    """Write the pairs as Label Studio tasks, and the matching labelling config beside them (<out>.xml)."""
+    import json
+
+    from .data.labels import LABEL_STUDIO_CONFIG, label_studio_tasks
+    from .io import atomic_file
+
+    tasks = _label_tasks(mode, params, pool, eval_prompts, generations)
+    with atomic_file(out) as fh:
+        json.dump(label_studio_tasks(tasks), fh, ensure_ascii=False, indent=1)
+    with atomic_file(out.with_suffix(".xml")) as fh:
+        fh.write(LABEL_STUDIO_CONFIG)
+    typer.echo(f"{out}: {len(tasks)} Label Studio tasks; labelling config {out.with_suffix('.xml')}")
+
+
+@label_studio.command("import")
+def label_studio_import(
+    export: Path = typer.Argument(..., help="Label Studio's JSON export of the annotated tasks."),
+    mode: str = ModeOpt,
+    labels: Optional[Path] = typer.Option(None, help="Labels file (default: data/labels/human{,_eval}.jsonl)."),
+    params: Path = ParamsOpt,
+    pool: Path = PoolOpt,
+    eval_prompts: Path = EvalPromptsOpt,
+    generations: Path = GenerationsOpt,
+):
+    """Append Label Studio's annotations to the labels file (all or nothing; duplicates refused)."""
+    import json
+
+    from .data.labels import LABEL_FILES, LabelStore, import_label_studio
+
+    tasks = _label_tasks(mode, params, pool, eval_prompts, generations)
+    try:
+        data = json.loads(export.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DetoxError(f"{export}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DetoxError(f"{export}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    new, counts = import_label_studio(data, str(export), tasks, mode)
+    store = LabelStore(labels or LABEL_FILES[mode], mode, tasks)
+    store.add_many(new)
+    typer.echo(f"{export}: {len(new)} labels from {counts['tasks']} tasks ({counts['cancelled']} cancelled, kept as "
+               f"skip) -> {store.path}")
+
+
 @app.command("prepare-chat")
 def prepare_chat_cmd(
     params: Path = ParamsOpt,

@@ -223,6 +223,25 @@ class LabelAIParams(Strict):
         return self
 
 
+class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init` on a source of on-policy labels
+    init: str  # the model DPO starts from (models/sft, or models/dpo_rlaif for AI-then-human)
+    train: str  # DPO pairs (label_ai's or human_pairs' output)
+    val: str
+
+
+class HumanPairsParams(Strict):
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]  # seeded share of the human pairs held out for DPO's validation
+    seed: int
+
+
+class HumanEvalParams(Strict):
+    model_a: str  # blind side-by-side: model_a's continuation against model_b's, on the same eval prompt
+    model_b: str
+    subset: Literal["challenging", "nontoxic", "all"]  # which eval prompts (the sensitive ones by default)
+    prompts: PositiveInt  # a seeded sample of that many prompts (sample 0 of each model)
+    seed: int
+
+
 class ChatEvalParams(Strict):
     judge: JudgeName  # headline judge of the chat-domain evaluation
     judges: list[JudgeName]  # more judges scoring every answer (skipped if they cannot run)
@@ -424,6 +443,10 @@ class Params(Strict):
     pref_gen: PrefGenParams
     label_ai: LabelAIParams
     dpo_feedback: DPOParams  # DPO on on-policy feedback pairs (dpo_feedback@rlaif): the dpo stage's code and knobs
+    # dpo_feedback's foreach: key -> init model and pairs; models/dpo_<key>. Human runs are added once labels exist.
+    feedback_runs: dict[str, FeedbackRunParams]
+    human_pairs: HumanPairsParams
+    human_eval: HumanEvalParams
     pref_eval: PrefEvalParams
     reward_model: RewardModelParams
     eval_reward_model: EvalRewardModelParams
@@ -445,6 +468,10 @@ class Params(Strict):
         unknown = [m for m in self.report.compare if m not in self.models]
         if unknown:
             raise ValueError(f"report.compare {unknown} are not among models: {sorted(self.models)}")
+        for key in ("model_a", "model_b"):
+            if getattr(self.human_eval, key) not in self.models:
+                raise ValueError(f"human_eval.{key} {getattr(self.human_eval, key)!r} is not one of models: "
+                                 f"{sorted(self.models)}")
         if self.report.baseline not in self.models:
             raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
         return self

@@ -179,6 +179,14 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
         budget["dpo_rlaif"] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({labels['pairs']} labelled)",
                                f"{graded} x {' + '.join(labels['graders'])}",
                                f"{gen['seconds'] + labels['seconds'] + m.get('train_seconds', 0):.0f}")
+    people = load("human_labels")
+    for key, run in params.feedback_runs.items():
+        name, m = f"dpo_{key}", load(f"dpo_{key}")
+        if key == "rlaif" or not m or name not in summary["models"] or not people:
+            continue
+        start = {d: n for n, d in params.models.items()}.get(run.init, run.init)
+        budget[name] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({people['pairs']} human-labelled), from {start}",
+                        f"{people['labels']} human labels", f"{gen['seconds'] + m.get('train_seconds', 0):.0f} + labelling")
     if (m := load("ppo")) and "ppo" in summary["models"]:
         rollouts = m["steps"] * params.ppo.batch_size
         steps_file = metrics_dir.parent / "plots" / "ppo" / "plots" / "metrics" / "time" / "step_s.tsv"
@@ -205,6 +213,48 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
         lines += ["", "AI labels: " + f"{labels['pairs']} pairs kept of {labels['prompts']} prompts "
                   f"({labels['dropped_below_margin']} below the margin {labels['min_margin']}); grader agreement "
                   + ", ".join(f"{k} {v:.2f}" for k, v in labels["agreement"].items() if v is not None) + "."]
+    return lines
+
+
+def _feedback_inits(params: Params) -> dict[str, str]:
+    """dpo_<key> -> the evaluated model that dpo_feedback@<key> started from, where that is not sft."""
+    by_dir = {d: n for n, d in params.models.items()}
+    return {f"dpo_{k}": by_dir[r.init] for k, r in params.feedback_runs.items()
+            if r.init in by_dir and by_dir[r.init] != "sft" and f"dpo_{k}" in params.models}
+
+
+def _people_lines(metrics_dir: Path) -> list[str]:
+    """Human labels: the preference labels behind dpo_human, and the blind side-by-side check of two models."""
+    pairs_path, eval_path = metrics_dir / "human_labels.json", metrics_dir / "human_eval.json"
+    if not pairs_path.exists() and not eval_path.exists():
+        return []
+    lines = ["", "## Human labels", ""]
+    hp = json.loads(pairs_path.read_text()) if pairs_path.exists() else {}
+    he = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    if not hp.get("labels") and not he.get("labels"):
+        return lines + ["No human labels yet: the pipeline invents none. `detoxrl label-human` collects them "
+                        "(preference pairs for dpo_human, or `--mode eval` for a blind side-by-side check of "
+                        f"`{he.get('model_a', 'sft')}` and `{he.get('model_b', 'ppo')}`); README, \"Human labels\"."]
+    if hp.get("labels"):
+        c = hp["choices"]
+        lines += [f"Preference labels: {hp['labels']} from {len(hp['annotators'])} annotator(s) on {hp['pool_pairs']} "
+                  f"pool pairs (a {c['a']}, b {c['b']}, tie {c['tie']}, skip {c['skip']}; {hp['stale_labels']} "
+                  f"stale) -> {hp['pairs']} DPO pairs ({hp['dropped_split_votes']} dropped for split votes)"
+                  + (f"; annotator agreement {hp['annotator_agreement']:.2f}" if hp["annotator_agreement"] is not None
+                     else "")
+                  + (f"; left side chosen {hp['left_chosen_rate']:.2f} (0.50 = no position bias)"
+                     if hp["left_chosen_rate"] is not None else "") + ".", ""]
+    if he.get("status") == "ok":
+        w = he["win_rate_b"]
+        lines += [f"Blind side-by-side, `{he['model_b']}` vs `{he['model_a']}` on {he['tasks']} challenging eval "
+                  f"prompts (sample 0 of each; people chose the less toxic continuation): {w['n']} judgements "
+                  f"from {len(he['annotators'])} annotator(s), {he['choices']['skip']} skipped, "
+                  f"{he['stale_labels']} stale. `{he['model_b']}` win rate (ties count half): {_fmt(w)}; 0.5 = no "
+                  "difference.", "", "| judge | agreement with people | decided pairs |", "| --- | --- | ---: |"]
+        lines += [f"| {j} | {_fmt(a)} | {a['n']} |" for j, a in he["judge_agreement"].items()]
+    elif he:
+        lines += [f"Blind side-by-side `{he['model_b']}` vs `{he['model_a']}`: {he['status']} "
+                  f"({he['labels']} labels, {he['stale_labels']} stale)."]
     return lines
 
 
@@ -413,6 +463,9 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         if stage_metrics.exists():
             stage = json.loads(stage_metrics.read_text())
             in_reward[name] = stage.get("judges_in_reward", [])
+            if name in _feedback_inits(params):  # DPO from another trained model: its judges are in this one too
+                start = json.loads((Path(data_path).parent / f"{_feedback_inits(params)[name]}.json").read_text())
+                in_reward[name] = sorted(set(in_reward[name]) | set(start.get("judges_in_reward", [])))
             if "platform" in stage:  # where the model was trained, at which precision: numbers differ by CPU kind
                 made_on[name] = stage["platform"]
         summary["models"][name]["judges_in_reward"] = in_reward.get(name, [])
@@ -477,6 +530,7 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
     calibration_png = plots_dir / "judge_calibration.png"
     if calibration_png.exists():
         lines += ["", f"![judge reliability curves]({rel / calibration_png.name})"]
+    lines += _people_lines(Path(data_path).parent)
     lines += _human_label_lines(judges, Path(data_path).parent / "chat_judge_train.json")
     lines += _chat_lines(Path(data_path).parent / "chat", Path("data/chat/answers"), base, params)
     lines += ["", "## Most toxic continuations", "", *_examples(scores, base, params.report.n_examples)]
