@@ -7,6 +7,7 @@ values fail with one line naming the key, so `dvc exp run -S prepare.seeed=3` fa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -210,11 +211,34 @@ class PrefGenParams(Strict):
     batch_size: PositiveInt
 
 
+class LLMGraderParams(Strict):
+    base_url: str  # any OpenAI-compatible chat-completions server: https://api.openai.com/v1, vLLM's, a local one
+    model: str
+    api_key_env: str  # the NAME of the environment variable holding the API key (the key itself is never a param)
+    prompt: str  # the grading prompt: {prompt}, {response_a}, {response_b}; asks for one letter, A or B
+    max_retries: NonNegInt  # the client's own retries of 408/409/429/5xx/connection errors, with backoff
+    timeout_s: Annotated[float, Field(gt=0)]
+    both_orders: bool  # ask again with A and B swapped; a pair counts only when both orders agree
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # not echoed: a key pasted here by mistake must not reach a log
+            raise ValueError("api_key_env must be an environment variable's name (e.g. OPENAI_API_KEY), not a key")
+        missing = [f for f in ("{prompt}", "{response_a}", "{response_b}") if f not in self.prompt]
+        if missing:
+            raise ValueError(f"prompt lacks the placeholder(s) {', '.join(missing)}")
+        return self
+
+
 class LabelAIParams(Strict):
-    graders: list[JudgeName | Literal["reward_model"]]  # the first decides; the others are compared with it
+    graders: list[JudgeName | Literal["reward_model", "llm"]]  # the first decides; the others are compared with it
     min_margin: Annotated[float, Field(ge=0)]  # pairs whose score gap (deciding grader) is below this are dropped
     val_fraction: Annotated[float, Field(ge=0, lt=1)]  # seeded share of the pairs held out for DPO's validation
     seed: int
+    llm: LLMGraderParams  # the `llm` grader (used only when listed in graders)
 
     @model_validator(mode="after")
     def _graders(self):
