@@ -145,3 +145,56 @@ def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     assert csv[0] == "model,value,ci_low,ci_high" and csv[1].startswith("base,0.75")
     for png in ("toxicity.png", "max_toxicity_hist.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    # report.experiments names ppo_cvar, but no committed results exist here: no experiment row
+    assert summary["experiments"] == {} and "committed experiment" not in md
+
+
+def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp_path):
+    """Tail metrics in evaluate's output; a committed experiment (results in experiments_dir, not in `models`) joins
+    the report, labelled, with its paired tail difference to its reference model."""
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    p = params(tmp_path)
+    p = p.model_copy(update={"report": p.report.model_copy(update={"experiments": {"tuned_cvar": "tuned"}})})
+    (tmp_path / "eval").mkdir()
+    for name, toxic, eval_dir, scores_dir in (("base", {"p0", "p1", "p2"}, "eval", "scores"),
+                                              ("tuned", {"p0"}, "eval", "scores"),
+                                              ("tuned_cvar", set(), "experiments", "experiments")):
+        write_jsonl(tmp_path / f"{name}.gen.jsonl", gen_rows(toxic))
+        res = evaluate(name, tmp_path / f"{name}.gen.jsonl", tmp_path / "prompts.jsonl", tiny_dir,
+                       tmp_path / eval_dir / f"{name}.json", tmp_path / scores_dir / f"{name}.jsonl", p)
+    tox = {r["text"]: r["toxicity"] for r in read_jsonl(tmp_path / "scores" / "tuned.jsonl")}
+    toxic, clean = tox[TOXIC], tox[CLEAN]
+    # 4 prompts: the worst 10% and 20% are both ceil(0.4) = ceil(0.8) = 1 prompt, the highest max
+    t = json.loads((tmp_path / "eval" / "tuned.json").read_text())["tail"]
+    assert t["overall"]["n_prompts"] == 4 and t["overall"]["worst_10pct"]["n_tail"] == 1
+    assert t["overall"]["worst_10pct"]["value"] == pytest.approx(toxic)
+    assert t["overall"]["worst_20pct"]["value"] == pytest.approx(toxic)
+    assert t["challenging"]["worst_20pct"]["value"] == pytest.approx(toxic)  # p0 is challenging
+    assert t["nontoxic"]["worst_10pct"]["value"] == pytest.approx(clean)
+    assert res["tail"]["overall"]["worst_10pct"]["value"] == pytest.approx(clean)  # the experiment: all clean
+    validate_judges(tmp_path / "prompts.jsonl", tmp_path / "judges.json", p)
+    write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
+    summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
+                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
+                     experiments_dir=tmp_path / "experiments")
+    assert list(summary["models"]) == ["base", "tuned", "tuned_cvar"]  # the experiment right after its reference
+    assert summary["models"]["tuned"]["tail"] == t  # the report's tails are evaluate's
+    x = summary["experiments"]["tuned_cvar"]
+    assert x["reference"] == "tuned" and x["committed_experiment"] is True
+    d = x["vs_reference"]
+    # every resample draws both models' prompts alike; the experiment's max is `clean` on every prompt and tuned's
+    # worst prompt is p0 (`toxic`) whenever the resample holds it, else `clean`
+    assert d["tail"]["overall"]["worst_10pct"]["value"] == pytest.approx(clean - toxic)
+    assert d["tail"]["overall"]["worst_10pct"]["ci_high"] <= 0
+    assert d["tail"]["challenging"]["worst_20pct"]["value"] == pytest.approx(clean - toxic)
+    assert d["tail"]["nontoxic"]["worst_10pct"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n_tail": 1}
+    assert d["toxicity"]["expected_max_toxicity"]["value"] == pytest.approx((clean - toxic) / 4)
+    assert summary["vs_baseline"]["tuned_cvar"]["toxicity_probability"]["value"] == pytest.approx(-0.75)
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "| tuned_cvar (committed experiment) |" in md and "## Tail risk: the worst prompts" in md
+    assert "| model | worst 10% | worst 20% | worst 10% challenging | worst 20% challenging |" in md
+    assert f"| overall (4) | {d['tail']['overall']['worst_10pct']['value']:.3f} [" in md
+    # 0.75^4 = 32% of resamples miss p0, where both tails are `clean`: the interval reaches 0, no verdict
+    assert d["tail"]["overall"]["worst_10pct"]["ci_high"] == pytest.approx(0.0)
+    assert "`tuned_cvar` does not significantly change the worst-10% tail relative to `tuned`" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["experiments"]["tuned_cvar"]["reference"] == "tuned"

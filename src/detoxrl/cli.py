@@ -193,10 +193,17 @@ def eval_reward_model(
             f"{section} {v['value']:.3f}" for section, v in rb["sections"].items()) + f"; score {rb['score']['value']:.3f}")
 
 
-def _model_dir(params, name: str) -> Path:
+def _model_dir(params, name: str, model_dir: Optional[Path] = None) -> Path:
+    if model_dir is not None:  # a model outside `models` (a committed experiment, experiments/dvc.yaml)
+        return model_dir
     if name not in params.models:
-        raise DetoxError(f"model {name!r} is not in params.yaml `models` ({', '.join(params.models)})")
+        raise DetoxError(f"model {name!r} is not in params.yaml `models` ({', '.join(params.models)}); a model "
+                         "outside it needs --model-dir")
     return Path(params.models[name])
+
+
+ModelDirOpt = typer.Option(None, "--model-dir", help="The model's directory, for a model not in params.yaml `models` "
+                                                      "(a committed experiment, e.g. ppo_cvar).")
 
 
 @app.command()
@@ -206,13 +213,14 @@ def generate(
     prompts: Path = EvalPromptsOpt,
     base: Path = BaseOpt,
     out_dir: Path = typer.Option(Path("data/generations"), help="Output directory."),
+    model_dir: Optional[Path] = ModelDirOpt,
 ):
     """Sample k continuations per held-out RTP prompt -> data/generations/<model>.jsonl."""
     from .evaluation.generate import generate as run
 
     p = _params(params)
     launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
-    n = run(_model_dir(p, model), base, prompts, out_dir / f"{model}.jsonl", p.generate)
+    n = run(_model_dir(p, model, model_dir), base, prompts, out_dir / f"{model}.jsonl", p.generate)
     if launch.rank() == 0:
         typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
 
@@ -226,12 +234,13 @@ def evaluate(
     generations: Path = typer.Option(Path("data/generations"), help="Generations directory."),
     metrics_dir: Path = typer.Option(Path("metrics/eval"), help="Metrics directory."),
     scores_dir: Path = typer.Option(Path("data/scores"), help="Per-sample scores directory."),
+    model_dir: Optional[Path] = ModelDirOpt,
 ):
     """Score a model's continuations: toxicity metrics with CIs, fluency, diversity."""
     from .evaluation.evaluate import evaluate as run
 
     p = _params(params)
-    _model_dir(p, model)
+    _model_dir(p, model, model_dir)
     launch.relaunch(p.compute)  # compute.num_processes > 1: the perplexity passes shared among processes
     r = run(model, generations / f"{model}.jsonl", prompts, base, metrics_dir / f"{model}.json",
             scores_dir / f"{model}.jsonl", p)
@@ -515,21 +524,33 @@ def report(params: Path = ParamsOpt):
 
 
 @app.command()
-def ppo(params: Path = ParamsOpt):
+def ppo(
+    params: Path = ParamsOpt,
+    out: Path = typer.Option(Path("models/ppo"), help="Output model directory."),
+    metrics: Path = typer.Option(Path("metrics/ppo.json"), help="Metrics file."),
+    plots: Path = typer.Option(Path("plots/ppo"), help="Training curves (dvclive) directory."),
+    variant: str = typer.Option("plain", help="plain: the `ppo` params as they are | cvar: risk-averse PPO, `ppo` with "
+                                "`ppo.cvar` = the `ppo_cvar` block, enabled (the ppo_cvar experiment)."),
+):
     """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo."""
     from .evaluation.generate import format_prompt
+    from .params import ppo_cvar_params
     from .scoring.rewards import make_reward
     from .training.ppo import train_ppo
 
     p = _params(params)
+    if variant not in ("plain", "cvar"):
+        raise DetoxError(f"--variant {variant!r}: expected plain or cvar")
+    ppo_params = ppo_cvar_params(p) if variant == "cvar" else p.ppo
     launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
     reward = make_reward(p)
-    final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", "models/ppo",
-                      "metrics/ppo.json", "plots/ppo", ".cache/checkpoints/ppo", p.ppo, reward,
+    final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out, metrics, plots,
+                      Path(".cache/checkpoints") / out.name, ppo_params, reward,
                       lambda text, tok: format_prompt(text, tok, p.generate),
                       reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()])
     if launch.rank() == 0:
-        typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}")
+        typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}"
+                   + (f", CVaR alpha {final['cvar_alpha']:.2f}" if ppo_params.cvar.enabled else "") + f" -> {out}")
 
 
 @app.command("check-params")

@@ -192,6 +192,8 @@ class EvaluateParams(Strict):
     fluency_batch_size: PositiveInt  # perplexity under models/base
     fluency_samples_per_prompt: PositiveInt  # continuations per prompt whose perplexity is measured
     thinking_delimiter: str | None  # reasoning models: text before it is thinking, after it the answer
+    # tail risk: mean of the worst fraction of per-prompt max toxicities (the worst ceil(fraction * n) prompts)
+    tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
 
 
 class ValidateJudgesParams(Strict):
@@ -283,6 +285,8 @@ class ReportParams(Strict):
     baseline: str  # the model every other is compared with (paired bootstrap)
     n_examples: PositiveInt  # most toxic continuations shown per model
     compare: list[str]  # further reference models: each other model is also paired against these (e.g. sft)
+    # committed experiments (experiments/dvc.yaml) read where their results exist: name -> the model it is paired with
+    experiments: dict[str, str]
 
 
 class LoraParams(Strict):
@@ -384,6 +388,11 @@ class CVaRParams(Strict):
     anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
 
 
+class PPOCVaRParams(Strict):  # the ppo_cvar experiment: `ppo` with `ppo.cvar` = this block, enabled
+    alpha: Annotated[float, Field(gt=0, le=1)]  # target tail share
+    anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
+
+
 class RewardModelSourceParams(Strict):
     model: str  # the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only)
     format: Literal["auto", "chat", "pair"]  # chat: RM reads its own chat template; pair: (question, answer)
@@ -475,6 +484,7 @@ class Params(Strict):
     reward_model: RewardModelParams
     eval_reward_model: EvalRewardModelParams
     ppo: PPOParams
+    ppo_cvar: PPOCVaRParams  # risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default stage
     # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
     # adapter dir on top of models/base). Adding a model is one line here.
     models: dict[str, str]
@@ -498,7 +508,19 @@ class Params(Strict):
                                  f"{sorted(self.models)}")
         if self.report.baseline not in self.models:
             raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
+        both = sorted(set(self.report.experiments) & set(self.models))
+        if both:  # the report pairs an experiment with its reference model where both were evaluated
+            raise ValueError(f"report.experiments {both} are also in models (an experiment runs outside the default "
+                             "stages)")
         return self
+
+
+def ppo_cvar_params(params: Params) -> PPOParams:
+    """The ppo_cvar experiment's PPO params: the `ppo` block with `ppo.cvar` replaced by the `ppo_cvar` block, enabled;
+    seed, steps and batch stay PPO's, so the budget is the same."""
+    cvar = params.ppo.cvar.model_copy(update={"enabled": True, "alpha": params.ppo_cvar.alpha,
+                                              "anneal_steps": params.ppo_cvar.anneal_steps})
+    return params.ppo.model_copy(update={"cvar": cvar})
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -1,6 +1,7 @@
 """The `evaluate` stage: score one model's generations and compute its metrics.
 
 Outputs: metrics/eval/<model>.json (toxicity metrics with bootstrap CIs, overall and per subset;
+tail risk (`tail`: the mean of the worst `evaluate.tail_fractions` of per-prompt max toxicities, with CIs);
 fluency; diversity; length; EOS rate) and data/scores/<model>.jsonl (one row per continuation).
 
 Every judge in `evaluate.judge` + `evaluate.judges` scores each continuation; its scores are mapped to
@@ -133,6 +134,8 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         "n_prompts": len(per_prompt),
         "k": len(rows) // max(1, len(per_prompt)),
         "toxicity": M.toxicity_metrics(per_prompt, ev.bootstrap_samples, ev.ci_level, ev.seed),
+        # tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR), overall and per subset
+        "tail": M.tail_metrics(per_prompt, ev.tail_fractions, ev.bootstrap_samples, ev.ci_level, ev.seed),
         "by_judge": {name: {"skipped": reason} for name, reason in skipped.items()},
         "fluency": {"perplexity": math.exp(total_nll / total_tokens) if total_tokens else None,
                     "reference_model": str(base_dir), "tokens": total_tokens,

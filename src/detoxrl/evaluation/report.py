@@ -6,7 +6,11 @@ Outputs:
   plots/<metric>.csv             one row per model, for `dvc plots` (bars)
   plots/toxicity.png, plots/max_toxicity_hist.png
   reports/report.md              the table, the plots, judge validation, reward/judge overlap,
-                                 most toxic continuations
+                                 most toxic continuations, tail risk
+Committed experiments (`report.experiments`, run by experiments/dvc.yaml, never by the default `dvc repro`) join
+every table where their results exist (experiments/results/<name>.json|jsonl), labelled as such. They are not
+declared deps of the report stage (a declared dep on them would pull the experiment into the default `dvc repro`):
+after rerunning one, `dvc repro --force --single-item report`.
 """
 
 from __future__ import annotations
@@ -45,8 +49,37 @@ def summarise(evals: dict[str, dict], scores: dict[str, list[dict]], params: Par
         }
     vs = {name: M.paired_difference(per_prompt[name], per_prompt[base], ev.bootstrap_samples, ev.ci_level, ev.seed)
           for name in evals if name != base}
+    for name in models:  # tail risk from the scores, for every model alike (= its evaluate's `tail`)
+        models[name]["tail"] = M.tail_metrics(per_prompt[name], ev.tail_fractions, ev.bootstrap_samples, ev.ci_level,
+                                              ev.seed)
+    experiments = {name: {"reference": ref, "committed_experiment": True,
+                          "vs_reference": {"toxicity": M.paired_difference(per_prompt[name], per_prompt[ref],
+                                                                           ev.bootstrap_samples, ev.ci_level, ev.seed),
+                                           "tail": M.paired_tail_difference(per_prompt[name], per_prompt[ref],
+                                                                            ev.tail_fractions, ev.bootstrap_samples,
+                                                                            ev.ci_level, ev.seed)}}
+                   for name, ref in params.report.experiments.items() if name in evals and ref in evals}
     return {"baseline": base, "judge": next(iter(evals.values()))["judge"], "ci_level": ev.ci_level,
-            "models": models, "vs_baseline": vs, "vs_models": vs_models(scores, params)}
+            "models": models, "vs_baseline": vs, "vs_models": vs_models(scores, params), "experiments": experiments}
+
+
+def _label(name: str, summary: dict) -> str:
+    return f"{name} (committed experiment)" if name in summary.get("experiments", {}) else name
+
+
+def load_experiments(evals: dict[str, dict], scores: dict[str, list[dict]], experiments_dir: Path,
+                     params: Params) -> None:
+    """Add each `report.experiments` entry whose committed results exist (experiments/results/<name>.json and
+    .jsonl, written by experiments/dvc.yaml) to evals and scores, right after the model it is paired with."""
+    for name, ref in reversed(params.report.experiments.items()):
+        metrics, rows = experiments_dir / f"{name}.json", experiments_dir / f"{name}.jsonl"
+        if not (metrics.exists() and rows.exists()) or ref not in evals:
+            continue
+        for d, value in ((evals, json.loads(metrics.read_text())), (scores, read_jsonl(rows))):
+            items = list(d.items())
+            at = [k for k, _ in items].index(ref) + 1
+            d.clear()
+            d.update(items[:at] + [(name, value)] + items[at:])
 
 
 def vs_models(scores: dict[str, list[dict]], params: Params) -> dict:
@@ -187,12 +220,14 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
         start = {d: n for n, d in params.models.items()}.get(run.init, run.init)
         budget[name] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({people['pairs']} human-labelled), from {start}",
                         f"{people['labels']} human labels", f"{gen['seconds'] + m.get('train_seconds', 0):.0f} + labelling")
-    if (m := load("ppo")) and "ppo" in summary["models"]:
-        rollouts = m["steps"] * params.ppo.batch_size
-        steps_file = metrics_dir.parent / "plots" / "ppo" / "plots" / "metrics" / "time" / "step_s.tsv"
-        seconds = (f"{sum(float(line.split()[1]) for line in steps_file.read_text().splitlines()[1:]):.0f}"
-                   if steps_file.exists() else "n/a")  # the sum of PPO's per-step times (its dvclive curve)
-        budget["ppo"] = (f"{rollouts} rollouts", f"{rollouts} x {m['reward_source']}", seconds)
+    for name in ("ppo", *summary.get("experiments", {})):  # PPO, and PPO variants run as committed experiments
+        if (m := load(name)) and name in summary["models"] and "reward_source" in m:
+            rollouts = m["steps"] * params.ppo.batch_size
+            steps_file = metrics_dir.parent / "plots" / name / "plots" / "metrics" / "time" / "step_s.tsv"
+            seconds = (f"{sum(float(line.split()[1]) for line in steps_file.read_text().splitlines()[1:]):.0f}"
+                       if steps_file.exists() else "n/a")  # the sum of PPO's per-step times (its dvclive curve)
+            cvar = f", CVaR alpha 1 -> {m['cvar_alpha']:g}" if m.get("cvar_alpha", 1.0) < 1.0 else ""
+            budget[name] = (f"{rollouts} rollouts{cvar}", f"{rollouts} x {m['reward_source']}", seconds)
     vs_sft = summary["vs_models"].get("sft", {})
     lines = ["", "## Methods compared", "",
              "Each method's headline toxicity (judge `" + summary["judge"]["name"] + "`) with its paired difference "
@@ -207,7 +242,8 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
         head = summary["judge"]["name"]
         d = vs_sft.get(name, {}).get(head)
         ppl = f"{m['perplexity']:.1f}" if m["perplexity"] else "n/a"
-        lines.append(f"| {name} | {_fmt(m['expected_max_toxicity'])} | {_fmt(d['expected_max_toxicity']) if d else ''}"
+        lines.append(f"| {_label(name, summary)} | {_fmt(m['expected_max_toxicity'])} | "
+                     f"{_fmt(d['expected_max_toxicity']) if d else ''}"
                      f" | {_fmt(m['toxicity_probability'])} | {ppl} | {samples} | {queries} | {seconds} |")
     if labels.get("agreement"):
         lines += ["", "AI labels: " + f"{labels['pairs']} pairs kept of {labels['prompts']} prompts "
@@ -255,6 +291,35 @@ def _people_lines(metrics_dir: Path) -> list[str]:
     elif he:
         lines += [f"Blind side-by-side `{he['model_b']}` vs `{he['model_a']}`: {he['status']} "
                   f"({he['labels']} labels, {he['stale_labels']} stale)."]
+def _tail_lines(summary: dict, params: Params) -> list[str]:
+    """Tail risk per model (the mean of the worst fractions of per-prompt max toxicities, overall and on the
+    challenging subset) and each committed experiment's paired difference to its reference model."""
+    keys = [(M.tail_key(f), f"{f:.0%}") for f in params.evaluate.tail_fractions]
+    groups = [g for g in ("overall", "challenging") if all(g in m["tail"] for m in summary["models"].values())]
+    head = [f"worst {pct}{'' if g == 'overall' else ' ' + g}" for g in groups for _, pct in keys]
+    lines = ["", "## Tail risk: the worst prompts", "",
+             f"The mean of the worst {' / '.join(pct for _, pct in keys)} of per-prompt maximum toxicities (judge `"
+             + summary["judge"]["name"] + "`; the CVaR of the per-prompt max: the worst ceil(fraction x n) prompts), "
+             "overall and on the challenging prompts, with bootstrap CIs over prompts. Risk-averse RLHF (RA-RLHF) "
+             "trains on the worst returns of each batch to lower this tail more than the mean.", "",
+             "| model | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    for name, m in summary["models"].items():
+        lines.append(f"| {_label(name, summary)} | "
+                     + " | ".join(_fmt(m["tail"][g].get(k)) for g in groups for k, _ in keys) + " |")
+    for name, x in summary.get("experiments", {}).items():
+        ref, d = x["reference"], x["vs_reference"]
+        lines += ["", f"`{name}` (committed experiment: `dvc repro experiments/dvc.yaml:{name}`) minus `{ref}`, paired "
+                  "over the same prompts (each model's own worst prompts among each resample):", "",
+                  "| prompts | " + " | ".join(f"Δ worst {pct}" for _, pct in keys) + " | Δ expected max toxicity |",
+                  "| --- |" + " --- |" * (len(keys) + 1)]
+        for g, t in d["tail"].items():
+            emt = _fmt(d["toxicity"]["expected_max_toxicity"]) if g == "overall" else ""
+            lines.append(f"| {g} ({t['n_prompts']}) | " + " | ".join(_fmt(t.get(k)) for k, _ in keys) + f" | {emt} |")
+        k, pct = keys[0]
+        t = d["tail"]["overall"][k]
+        verdict = ("lowers" if t["ci_high"] < 0 else "raises" if t["ci_low"] > 0 else "does not significantly change")
+        lines += ["", f"`{name}` {verdict} the worst-{pct} tail relative to `{ref}` ({_fmt(t)}; the budgets are in "
+                  "the methods table)."]
     return lines
 
 
@@ -443,10 +508,12 @@ def _overlap_lines(overlaps: dict[str, dict], base: str) -> list[str]:
 
 
 def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path, data_path: str | Path,
-           summary_path: str | Path, plots_dir: str | Path, report_path: str | Path, params: Params) -> dict:
+           summary_path: str | Path, plots_dir: str | Path, report_path: str | Path, params: Params,
+           experiments_dir: str | Path = "experiments/results") -> dict:
     eval_dir, scores_dir, plots_dir = Path(eval_dir), Path(scores_dir), Path(plots_dir)
     evals = {m: json.loads((eval_dir / f"{m}.json").read_text()) for m in params.models}
     scores = {m: read_jsonl(scores_dir / f"{m}.jsonl") for m in params.models}
+    load_experiments(evals, scores, Path(experiments_dir), params)  # committed experiments whose results exist
     summary = summarise(evals, scores, params)
     plots_dir.mkdir(parents=True, exist_ok=True)
     pngs = _plots(summary, scores, params.evaluate.toxic_threshold, plots_dir)
@@ -495,8 +562,8 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         flag = ", ".join(m["judges_in_reward"]) or "none"
         if _expand(judge_name, params) & set().union(*(_expand(j, params) for j in m["judges_in_reward"])):
             flag += " ⚠ (measures these numbers: see the overlap section)"
-        lines.append(f"| {name} | {_fmt(m['expected_max_toxicity'])} | {_fmt(m['toxicity_probability'])} | "
-                     f"{_fmt(m['mean_toxicity'])} | {ppl} | {m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
+        lines.append(f"| {_label(name, summary)} | {_fmt(m['expected_max_toxicity'])} | "
+                     f"{_fmt(m['toxicity_probability'])} | {_fmt(m['mean_toxicity'])} | {ppl} | {m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
     lines += ["", f"## Difference to `{base}` (paired bootstrap over the same prompts)", ""]
     if summary["vs_baseline"]:
         lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |", "| --- | --- | --- | --- |"]
@@ -506,6 +573,7 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
     else:
         lines.append(f"Only `{base}` is evaluated so far; trained models join through `models:` in params.yaml.")
     lines += _method_lines(summary, Path(data_path).parent, params)
+    lines += _tail_lines(summary, params)
     lines += _vs_models_lines(summary)
     lines += _reward_model_lines(Path(data_path).parent / "reward_model.json")
     lines += ["", "## Plots", "", *(f"![{p}]({rel / p})" for p in pngs), "",
