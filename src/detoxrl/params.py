@@ -256,7 +256,7 @@ class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init
 
 
 class HumanPairsParams(Strict):
-    val_fraction: Annotated[float, Field(ge=0, lt=1)]  # seeded share of the human pairs held out for DPO's validation
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]  # seeded share of the human pairs held out for DPO's validation (>= 1)
     seed: int
 
 

@@ -47,7 +47,8 @@ def human_pairs(pool_path: str | Path, labels_path: str | Path, out_dir: str | P
     pairs.sort(key=lambda r: r["id"])
     order = list(range(len(pairs)))
     random.Random(p.seed).shuffle(order)
-    n_val = int(round(len(pairs) * p.val_fraction)) if len(pairs) > 1 else 0
+    # DPO's validation needs at least one pair: one as soon as there are two
+    n_val = max(1, int(round(len(pairs) * p.val_fraction))) if len(pairs) > 1 else 0
     val = set(order[:n_val])
     write_jsonl(Path(out_dir) / "human_pairs.jsonl", [x for i, x in enumerate(pairs) if i not in val])
     write_jsonl(Path(out_dir) / "human_pairs_val.jsonl", [x for i, x in enumerate(pairs) if i in val])
@@ -62,6 +63,7 @@ def human_pairs(pool_path: str | Path, labels_path: str | Path, out_dir: str | P
                "dropped_split_votes": split_votes,
                "annotator_agreement": sum(agree) / len(agree) if agree else None,
                "left_chosen_rate": (sum(x["choice"] == x["left"] for x in decided) / len(decided)) if decided else None,
-               "status": "ok" if pairs else ("no human labels" if not labels else "no usable human labels")}
+               "status": "ok" if len(pairs) > 1 else ("no human labels" if not labels else
+                                                      f"{len(pairs)} usable pair(s): DPO needs at least 2")}
     write_json(metrics_path, metrics)
     return metrics
