@@ -240,7 +240,8 @@ def evaluate(
     from .evaluation.evaluate import evaluate as run
 
     p = _params(params)
-    _model_dir(p, model, model_dir)
+    if model not in p.filters:  # a moderation filter's outputs are evaluated like a model's
+        _model_dir(p, model, model_dir)
     launch.relaunch(p.compute)  # compute.num_processes > 1: the perplexity passes shared among processes
     r = run(model, generations / f"{model}.jsonl", prompts, base, metrics_dir / f"{model}.json",
             scores_dir / f"{model}.jsonl", p)
@@ -249,6 +250,31 @@ def evaluate(
     t = r["toxicity"]["overall"]
     typer.echo(f"{model}: expected max toxicity {t['expected_max_toxicity']['value']:.3f}, "
                f"toxicity probability {t['toxicity_probability']['value']:.3f}")
+
+
+@app.command("filter")
+def filter_cmd(
+    name: str = typer.Argument(..., help="A filter name from params.yaml `filters`."),
+    params: Path = ParamsOpt,
+    prompts: Path = EvalPromptsOpt,
+    base: Path = BaseOpt,
+    generations: Path = typer.Option(Path("data/generations"), help="Generations directory (read and written)."),
+    metrics_dir: Path = typer.Option(Path("metrics/filter"), help="Metrics directory."),
+):
+    """Moderation output filter: resample (or refuse) a source model's flagged continuations -> generations/<name>."""
+    from .evaluation.moderation_filter import moderation_filter
+
+    p = _params(params)
+    if name not in p.filters:
+        raise DetoxError(f"filter {name!r} is not in params.yaml `filters` ({', '.join(p.filters) or 'none'})")
+    f = p.filters[name]
+    r = moderation_filter(name, f.source, _model_dir(p, f.source), base, generations / f"{f.source}.jsonl", prompts,
+                          generations / f"{name}.jsonl", metrics_dir / f"{name}.json", p)
+    if r:
+        typer.echo(f"{name}: {r['flagged_first_pass']} of {r['continuations']} {f.source} continuations flagged by "
+                   f"{r['judge']['name']}, {r['extra_samples']} resamples, {r['exhausted']} still flagged "
+                   f"({p.filter.on_exhausted}), {r['judge_queries']} judge queries, {r['seconds']:.0f} s "
+                   f"-> {generations / (name + '.jsonl')}")
 
 
 @app.command("validate-judges")

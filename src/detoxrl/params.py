@@ -196,6 +196,22 @@ class EvaluateParams(Strict):
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
 
 
+class FilterSourceParams(Strict):
+    source: str  # the model (a `models:` name) whose generations are filtered and which resamples flagged ones
+    model: str  # its directory, as in `models:` (dvc.yaml depends on it: DVC cannot look a name up in models:)
+
+
+class FilterParams(Strict):
+    # the moderation judge (not chat_distilled: the filter stage does not depend on judges.chat_dir); openai = OpenAI
+    # moderation (OPENAI_API_KEY); the default is a local judge other than the headline evaluate.judge
+    judge: Literal["offline", "detoxify", "openai", "perspective_distilled", "ensemble"]
+    threshold: Fraction  # a continuation is flagged at score >= this (Perspective scale where the judge is calibrated)
+    max_resamples: NonNegInt  # r: a flagged continuation is resampled from the source at most r times
+    on_exhausted: Literal["refusal", "keep_last"]  # still flagged after r resamples: the refusal, or the last sample
+    refusal: str  # the continuation that replaces an exhausted one (on_exhausted: refusal)
+    seed: int  # resampling seed: round i, prompts with m flagged samples: seed + i * 1,000,000 + m * 1,000 + batch
+
+
 class ValidateJudgesParams(Strict):
     judges: list[JudgeName]  # judges compared with the Perspective scores of the eval prompts' texts
     # ... and with the human labels of the held-out ToxicChat user inputs (AUROC, AUPRC)
@@ -493,6 +509,9 @@ class Params(Strict):
     train_chat_judge: TrainChatJudgeParams
     generate: GenerateParams
     evaluate: EvaluateParams
+    # Moderation output filters (filter@<name>, evaluated as <name>): name -> source model; knobs shared by all
+    filters: dict[str, FilterSourceParams]
+    filter: FilterParams
     chat_eval: ChatEvalParams
     validate_judges: ValidateJudgesParams
     report: ReportParams
@@ -512,6 +531,14 @@ class Params(Strict):
         if both:  # the report pairs an experiment with its reference model where both were evaluated
             raise ValueError(f"report.experiments {both} are also in models (an experiment runs outside the default "
                              "stages)")
+        for name, f in self.filters.items():
+            if name in self.models:
+                raise ValueError(f"filters.{name}: also a name in models (both write data/generations/{name}.jsonl)")
+            if f.source not in self.models:
+                raise ValueError(f"filters.{name}.source {f.source!r} is not one of models: {sorted(self.models)}")
+            if f.model != self.models[f.source]:
+                raise ValueError(f"filters.{name}.model {f.model!r} must be models.{f.source} "
+                                 f"({self.models[f.source]!r}), the directory dvc.yaml makes the stage depend on")
         return self
 
 

@@ -228,13 +228,19 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
                        if steps_file.exists() else "n/a")  # the sum of PPO's per-step times (its dvclive curve)
             cvar = f", CVaR alpha 1 -> {m['cvar_alpha']:g}" if m.get("cvar_alpha", 1.0) < 1.0 else ""
             budget[name] = (f"{rollouts} rollouts{cvar}", f"{rollouts} x {m['reward_source']}", seconds)
+    for name in params.filters:  # inference-time: no training; extra samples and judge queries at every use
+        if (m := load(f"filter/{name}")) and name in summary["models"]:
+            budget[name] = (f"0 (+{m['extra_samples']} samples at inference)",
+                            f"{m['judge_queries']} x {m['judge']['name']} (moderation)", f"{m['seconds']:.0f}")
     vs_sft = summary["vs_models"].get("sft", {})
     lines = ["", "## Methods compared", "",
              "Each method's headline toxicity (judge `" + summary["judge"]["name"] + "`) with its paired difference "
              "to `sft` (the start of every trained method), fluency, and its budget: training samples, responses "
              "scored by a judge or reward model to make its training signal, and the wall time of the stages that "
              "made it (generation and labelling included). PPO's and dpo_rlaif's default budgets of scored "
-             "responses are equal, so the Δ column compares what each buys per query.", "",
+             "responses are equal, so the Δ column compares what each buys per query. A filter row (`filters:`) is "
+             "its source model's outputs through a moderation judge at inference: no training; its budget is the "
+             "extra samples it drew and the judge's queries, paid again at every use.", "",
              "| method | expected max toxicity | Δ vs sft | toxicity probability | perplexity | training samples "
              "| responses scored | seconds |", "| --- | --- | --- | --- | ---: | --- | --- | ---: |"]
     for name, m in summary["models"].items():
@@ -511,8 +517,9 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
            summary_path: str | Path, plots_dir: str | Path, report_path: str | Path, params: Params,
            experiments_dir: str | Path = "experiments/results") -> dict:
     eval_dir, scores_dir, plots_dir = Path(eval_dir), Path(scores_dir), Path(plots_dir)
-    evals = {m: json.loads((eval_dir / f"{m}.json").read_text()) for m in params.models}
-    scores = {m: read_jsonl(scores_dir / f"{m}.jsonl") for m in params.models}
+    names = [*params.models, *params.filters]  # a moderation filter's outputs are evaluated like a model's
+    evals = {m: json.loads((eval_dir / f"{m}.json").read_text()) for m in names}
+    scores = {m: read_jsonl(scores_dir / f"{m}.jsonl") for m in names}
     load_experiments(evals, scores, Path(experiments_dir), params)  # committed experiments whose results exist
     summary = summarise(evals, scores, params)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -527,7 +534,10 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
     in_reward, made_on = {}, {}
     for name in summary["models"]:
         stage_metrics = Path(data_path).parent / f"{name}.json"
-        if stage_metrics.exists():
+        filter_metrics = Path(data_path).parent / "filter" / f"{name}.json"
+        if name in params.filters and filter_metrics.exists():  # its outputs were selected by its moderation judge
+            in_reward[name] = [json.loads(filter_metrics.read_text())["judge"]["name"]]
+        elif stage_metrics.exists():
             stage = json.loads(stage_metrics.read_text())
             in_reward[name] = stage.get("judges_in_reward", [])
             if name in _feedback_inits(params):  # DPO from another trained model: its judges are in this one too
