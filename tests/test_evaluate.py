@@ -40,6 +40,7 @@ def params(tmp_path, **evaluate_overrides) -> Params:
     data["judges"]["trained_dir"] = str(tmp_path / "no-judge")  # no train_judge output: raw offline scores
     data["models"] = {"base": "models/base", "tuned": "models/tuned"}
     data["filters"] = {}  # params.yaml's filter reads `sft`, not among these models
+    data["human_eval"] = {**data["human_eval"], "model_a": "base", "model_b": "tuned"}  # likewise
     data["report"]["compare"] = []
     data["evaluate"].update(bootstrap_samples=300, **evaluate_overrides)
     data["validate_judges"]["judges"] = ["offline", "openai"]

@@ -31,7 +31,7 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
                   "validate_judges", "train_judge", "report", "prepare_chat", "train_chat_judge", "chat_eval@base",
                   "chat_eval@ppo", "pref_gen", "label_ai", "dpo_feedback@rlaif", "evaluate@dpo_rlaif",
-                  "human_pairs", "human_eval"):
+                  "human_pairs", "human_eval", "filter@sft_filtered", "evaluate_filtered@sft_filtered"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -96,6 +96,14 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     rlaif = json.loads((repo / "metrics" / "dpo_rlaif.json").read_text())
     assert rlaif["steps"] == 2 and rlaif["judges_in_reward"] == ["perspective_distilled"]
     assert "## Methods compared" in report_md and "| dpo_rlaif |" in report_md
+    # The moderation filter on sft: evaluated like a model, its cost in the methods table; tail metrics everywhere.
+    flt = json.loads((repo / "metrics" / "filter" / "sft_filtered.json").read_text())
+    assert flt["judge_queries"] >= 10 * 2 and flt["extra_samples"] >= 0
+    assert json.loads((repo / "metrics" / "eval" / "sft_filtered.json").read_text())["n_prompts"] == 10
+    assert "| sft_filtered |" in report_md and "(moderation)" in report_md
+    tail = ev["tail"]["overall"]  # smoke: 10 prompts, the worst 10% is the single worst prompt
+    assert tail["n_prompts"] == 10 and tail["worst_10pct"]["n_tail"] == 1 and tail["worst_20pct"]["n_tail"] == 2
+    assert "## Tail risk: the worst prompts" in report_md
     # Human labels: none in the pipeline (none invented); the stages run and say so, the report tells how to add them.
     assert json.loads((repo / "metrics" / "human_labels.json").read_text())["status"] == "no human labels"
     he = json.loads((repo / "metrics" / "human_eval.json").read_text())

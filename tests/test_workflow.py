@@ -28,7 +28,7 @@ from conftest import GIT_ID, ROOT, SmokeWorkspace, cli_env, run
 
 pytestmark = pytest.mark.slow
 
-PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "chat_eval@ppo", "report"}
+PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "chat_eval@ppo", "human_eval", "report"}
 DPO_CHAIN = {"dpo", "pref_eval", "generate@dpo", "evaluate@dpo", "report"}
 UPSTREAM = {"base_model", "prepare", "sft"}
 OFFLINE_TEMPLATE = ROOT / ".cache" / "plots-offline.html"  # `make setup` writes it (detoxrl plots-template)
