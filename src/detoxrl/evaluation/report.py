@@ -297,6 +297,9 @@ def _people_lines(metrics_dir: Path) -> list[str]:
     elif he:
         lines += [f"Blind side-by-side `{he['model_b']}` vs `{he['model_a']}`: {he['status']} "
                   f"({he['labels']} labels, {he['stale_labels']} stale)."]
+    return lines
+
+
 def _tail_lines(summary: dict, params: Params) -> list[str]:
     """Tail risk per model (the mean of the worst fractions of per-prompt max toxicities, overall and on the
     challenging subset) and each committed experiment's paired difference to its reference model."""
