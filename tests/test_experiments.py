@@ -1,5 +1,5 @@
 """Committed experiments (experiments/dvc.yaml): outside the default `dvc repro`, and the ppo_cvar stage's own
-commands on tiny models, run by `dvc repro` as the README tells the lead to."""
+commands on tiny models, run by `dvc repro` as the README says."""
 
 import json
 import shutil
