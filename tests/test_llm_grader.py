@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from detoxrl.scoring.llm_grader import LLMGrader, fill_prompt, parse_answer
 from detoxrl.training.label_ai import label_ai
 
 from conftest import ROOT
+from fake_api import JSONHandler, json_server
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 KEY_ENV = "DETOXRL_TEST_LLM_KEY"
@@ -44,7 +43,7 @@ class ChatServer:
         self.always_status: tuple[int, dict[str, str], dict] | None = None
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -66,23 +65,7 @@ class ChatServer:
                                  "message": {"role": "assistant", "content": reply}}],
                     "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51}})
 
-            def answer(self, status: int, headers: dict[str, str], payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd, self.url, self.thread = json_server(Handler)
 
     @staticmethod
     def responses(content: str) -> tuple[str, str]:

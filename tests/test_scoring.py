@@ -4,9 +4,7 @@ against a loopback moderation server) and the score cache."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ import pytest
 from detoxrl import DetoxError
 from detoxrl.params import DetoxifyParams, DistilledJudgeParams, EnsembleParams, JudgesParams, OpenAIJudgeParams
 from detoxrl.scoring import Judge, ScoreCache, make_judge, score_texts
+
+from fake_api import JSONHandler, json_server
 
 API_KEY = "sk-test-SECRET-0123456789"
 PROXY_ENV = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
@@ -218,7 +218,7 @@ class ModerationServer:
         self.always: tuple[int, dict[str, str], dict] | None = None
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -242,23 +242,7 @@ class ModerationServer:
                 self.answer(200, {}, {"id": f"modr-{len(server.requests)}", "model": body["model"],
                                       "results": results})
 
-            def answer(self, status: int, headers: dict[str, str], payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd, self.url, self.thread = json_server(Handler)
 
     @property
     def inputs(self) -> list[list[str]]:
