@@ -129,13 +129,21 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
 
 
 @pytest.mark.slow
-def test_changed_prepare_param_reruns_prepare_only(repo):
-    run(["dvc", "repro"], repo)
-    text = (repo / "params.yaml").read_text().replace("seed: 42", "seed: 43", 1)
-    (repo / "params.yaml").write_text(text)
-    out = run(["dvc", "repro"], repo)
-    assert "Running stage 'prepare'" in out
-    assert "Running stage 'base_model'" not in out
+def test_changed_prepare_param_changes_prepare_alone_and_never_base_model(repo):
+    """DVC's planner, asked without training anything: `dvc status` names prepare alone (its param changed), and
+    `dvc repro --dry` would run prepare but not base_model, which is upstream of it."""
+    before = (repo / "params.yaml").read_text()
+    assert "prepare:\n  seed: 42" in before
+    (repo / "params.yaml").write_text(before.replace("prepare:\n  seed: 42", "prepare:\n  seed: 43", 1))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo))
+        assert status == {"prepare": [{"changed params": {"params.yaml": {"prepare.seed": "modified"}}}]}, status
+        dry = run(["dvc", "repro", "--dry"], repo)
+        assert "Running stage 'prepare'" in dry and "Running stage 'base_model'" not in dry, dry
+        assert "Stage 'base_model' didn't change, skipping" in dry, dry
+    finally:
+        (repo / "params.yaml").write_text(before)
+    assert "up to date" in run(["dvc", "status"], repo)
 
 
 @pytest.mark.slow

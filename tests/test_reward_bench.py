@@ -14,7 +14,6 @@ from detoxrl import DetoxError
 from detoxrl.evaluation.reward_bench import (EXAMPLE_COUNTS, SECTIONS, load_reward_bench, sample_pairs,
                                              score_summary)
 
-REAL_FILE = Path("/work/shared/datasets/reward-bench/filtered.jsonl")
 README_COUNTS = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
     "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
@@ -168,9 +167,9 @@ def test_sample_pairs_without_filters_and_with_bad_arguments():
         sample_pairs(rows, None, 0, [], seed=0)
 
 
-@pytest.mark.skipif(not REAL_FILE.exists(), reason=f"{REAL_FILE} is absent")
-def test_real_filtered_split_loads_with_the_readme_counts():
-    rows = load_reward_bench(REAL_FILE)
+def test_real_filtered_split_loads_with_the_readme_counts(raw_dir):
+    """The DVC-pulled file (`make setup`): a missing one fails the test (conftest.raw_dir), it never skips."""
+    rows = load_reward_bench(raw_dir / "reward-bench" / "filtered.jsonl")
     assert len(rows) == 2985
     assert Counter(row["subset"] for row in rows) == README_COUNTS
     assert len(sample_pairs(rows, ["Chat", "Reasoning"], 20, ["Reasoning"], seed=0)) == 5 * 20 + 447 + 6 * 164

@@ -105,8 +105,11 @@ def test_reward_trainer_loss_is_bradley_terry_with_margin_and_centering(rm_dir, 
         r_r = np.array(scorer.score_ids([r["rejected_ids"] for r in rows]))
     expected = np.mean(np.log1p(np.exp(-(r_c - r_r - 0.5)))) + 0.1 * np.mean((r_c + r_r) ** 2)
     assert loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    # and the formula itself on numbers worked by hand: r_c - r_r = 2, no margin: log(1 + e^-2) = 0.126928
-    assert math.log1p(math.exp(-2.0)) == pytest.approx(0.126928, abs=1e-6)
+    # a case worked by hand: the score head zeroed, so r_c = r_r = 0 and the centering term is 0; with margin 0.5,
+    # -log sigmoid(0 - 0 - 0.5) = log(1 + e^0.5) = 0.974077
+    with torch.no_grad():
+        trainer.model.score.weight.zero_()
+        assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(0.974077, abs=1e-5)
 
 
 def test_pair_accuracy_counts_ties_as_half():

@@ -633,6 +633,24 @@ def check_repro_cmd(
     typer.echo(f"{stage}: reproduced, {result.compared} values {how}")
 
 
+@app.command("stage-deps")
+def stage_deps_cmd(write: bool = typer.Option(False, "--write", help="Rewrite dvc.yaml's code deps to the closures.")):
+    """Check (or --write) that each dvc.yaml stage declares every project module its command can run."""
+    from .stage_code import missing_code_deps, write_code_deps
+
+    root = Path.cwd()
+    if write:
+        changed = write_code_deps(root)
+        typer.echo(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: code deps exact")
+        return
+    missing = missing_code_deps(root)
+    for stage, modules in missing.items():
+        typer.echo(f"{stage}: runs {', '.join(modules)} but does not declare it")
+    if missing:
+        raise DetoxError(f"dvc.yaml: {len(missing)} stage(s) miss code deps; `detoxrl stage-deps --write` fixes them")
+    typer.echo("dvc.yaml: every stage declares the code it runs")
+
+
 @app.command("plots-template")
 def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"), help="Template to write.")):
     """Write an offline HTML template for `dvc plots show/diff` (Vega libraries inlined, fetched with npm)."""

@@ -1,0 +1,265 @@
+"""Which project modules a stage runs: the import closure of its command, and the code deps dvc.yaml must declare.
+
+A stage's `cmd` is `detoxrl <command> ...`. The code that can run in it is cli.py (its module-level imports), the
+command function's own imports (lazy ones included) and those of the cli helpers it calls, and, transitively, every
+module of the package that any of those imports, anywhere in the file (a function-level import counts: it runs when
+the function does). Importing `detoxrl.a.b` also runs the package `__init__`s on the way, so they count too.
+`__main__.py` counts for every stage: `compute.num_processes > 1` re-launches the command as `python -m detoxrl`.
+
+`detoxrl stage-deps` prints what each stage of dvc.yaml misses; `--write` rewrites the `src/detoxrl` entries of every
+stage's deps to exactly its closure (a folder where the closure holds every module in it). tests/test_stage_deps.py
+fails when dvc.yaml and the closures disagree. Standard library only, plus ruamel.yaml (a DVC dependency) for the
+round trip that keeps dvc.yaml's comments.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = "detoxrl"
+SRC_PREFIX = f"src/{PACKAGE}"
+
+
+@dataclass(frozen=True)
+class Package:
+    root: Path  # the src/detoxrl folder
+
+    def modules(self) -> set[str]:
+        """Every module of the package, as a path relative to the project root (src/detoxrl/x/y.py)."""
+        return {self.rel(p) for p in self.root.rglob("*.py") if "__pycache__" not in p.parts}
+
+    def rel(self, path: Path) -> str:
+        return f"{SRC_PREFIX}/{path.relative_to(self.root).as_posix()}"
+
+    def file_of(self, dotted: str) -> Path | None:
+        """The file of a dotted module name inside the package (`detoxrl.scoring.rewards`), or None."""
+        parts = dotted.split(".")
+        if parts[0] != PACKAGE:
+            return None
+        base = self.root.joinpath(*parts[1:])
+        for cand in (base.with_suffix(".py"), base / "__init__.py"):
+            if cand.is_file():
+                return cand
+        return None
+
+    def dotted(self, path: Path) -> str:
+        rel = path.relative_to(self.root).with_suffix("")
+        parts = [PACKAGE, *rel.parts]
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    def with_parents(self, dotted: str) -> list[Path]:
+        """The module's file and the `__init__.py` of every package on its way (imports run them all)."""
+        files = []
+        parts = dotted.split(".")
+        for i in range(1, len(parts) + 1):
+            f = self.file_of(".".join(parts[:i]))
+            if f is not None:
+                files.append(f)
+        return files
+
+
+def _resolve(pkg: Package, path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """Dotted names (inside the package) that an import statement in `path` loads."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+    if node.level:
+        here = pkg.dotted(path).split(".")
+        if path.name != "__init__.py":
+            here = here[:-1]  # a module's package
+        base = here[: len(here) - (node.level - 1)]
+        mod = ".".join(base + ([node.module] if node.module else []))
+    else:
+        mod = node.module or ""
+    if mod.split(".")[0] != PACKAGE:
+        return []
+    # `from .x import y`: y may be a submodule (a file) or a name defined in x
+    return [mod] + [f"{mod}.{a.name}" for a in node.names if pkg.file_of(f"{mod}.{a.name}")]
+
+
+def imports_of(pkg: Package, path: Path, nodes: list[ast.AST] | None = None) -> set[Path]:
+    """Files of the package that the import statements in `nodes` (default: the whole file) load."""
+    if nodes is None:
+        nodes = [ast.parse(path.read_text(), str(path))]
+    found: set[Path] = set()
+    for top in nodes:
+        for node in ast.walk(top):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for dotted in _resolve(pkg, path, node):
+                    found.update(pkg.with_parents(dotted))
+    return found
+
+
+def closure(pkg: Package, start: set[Path], opaque: set[Path]) -> set[Path]:
+    """`start` and every package file they import, transitively; `opaque` files count but are not followed
+    (cli.py: only the imports of the command that runs are, see command_closures)."""
+    seen: set[Path] = set()
+    todo = list(start)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f not in opaque:
+            todo.extend(imports_of(pkg, f) - seen)
+    return seen
+
+
+def _command_name(func: ast.FunctionDef) -> tuple[str, str] | None:
+    """(typer app variable, command name) of a function decorated with `@<app>.command(...)`."""
+    for dec in func.decorator_list:
+        call = dec if isinstance(dec, ast.Call) else None
+        target = call.func if call else dec
+        if isinstance(target, ast.Attribute) and target.attr == "command" and isinstance(target.value, ast.Name):
+            name = func.name.removesuffix("_cmd").replace("_", "-")
+            if call and call.args and isinstance(call.args[0], ast.Constant):
+                name = call.args[0].value
+            return target.value.id, name
+    return None
+
+
+def command_closures(pkg: Package) -> dict[str, set[str]]:
+    """Command name (as typed after `detoxrl`) -> the package modules that can run in it (paths from the root)."""
+    cli = pkg.root / "cli.py"
+    tree = ast.parse(cli.read_text(), str(cli))
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    module_level = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    # sub-apps added with `app.add_typer(sub, name="x")`: their commands are typed `detoxrl x <command>`
+    prefixes = {"app": ""}
+    for n in module_level:
+        for call in ast.walk(n):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "add_typer"
+                    and call.args and isinstance(call.args[0], ast.Name)):
+                name = next((k.value.value for k in call.keywords if k.arg == "name"), call.args[0].id)
+                prefixes[call.args[0].id] = f"{name} "
+    base = {cli, pkg.root / "__init__.py", pkg.root / "__main__.py"} | imports_of(pkg, cli, module_level)
+    result = {}
+    for func in functions.values():
+        named = _command_name(func)
+        if named is None or named[0] not in prefixes:
+            continue
+        bodies, todo = [], [func]
+        while todo:  # the command and the module-level helpers of cli.py it calls, transitively
+            f = todo.pop()
+            if f in bodies:
+                continue
+            bodies.append(f)
+            todo += [functions[c.func.id] for c in ast.walk(f) if isinstance(c, ast.Call)
+                     and isinstance(c.func, ast.Name) and c.func.id in functions]
+        files = closure(pkg, base | imports_of(pkg, cli, bodies), opaque={cli})
+        result[prefixes[named[0]] + named[1]] = {pkg.rel(f) for f in files}
+    return result
+
+
+def compress(modules: set[str], all_modules: set[str]) -> list[str]:
+    """Sorted dep paths for `modules`: a folder (src/detoxrl/scoring) where they hold every module in it."""
+    out: list[str] = []
+    folders = sorted({m.rsplit("/", 1)[0] for m in modules if m.count("/") > 2})
+    covered: set[str] = set()
+    for folder in folders:
+        inside = {m for m in all_modules if m.startswith(folder + "/")}
+        if inside <= modules:
+            out.append(folder)
+            covered |= inside
+    out += sorted(modules - covered)
+    return sorted(out)
+
+
+def expand(deps: list[str], all_modules: set[str]) -> set[str]:
+    """The package modules a list of declared deps covers (files and folders)."""
+    covered = set()
+    for d in deps:
+        d = d.rstrip("/")
+        if d == SRC_PREFIX or not d.startswith(SRC_PREFIX):
+            covered |= all_modules if d == SRC_PREFIX else set()
+            continue
+        covered |= {m for m in all_modules if m == d or m.startswith(d + "/")}
+    return covered
+
+
+def _stage_bodies(doc: dict) -> dict[str, dict]:
+    """Stage name -> the mapping holding its cmd and deps (the `do:` body of a foreach stage)."""
+    return {name: (stage["do"] if "foreach" in stage or "matrix" in stage else stage)
+            for name, stage in doc["stages"].items()}
+
+
+def stage_command(cmd: str | list[str], commands: dict[str, set[str]]) -> str | None:
+    """The detoxrl command a stage runs (`detoxrl label-studio export ...` -> `label-studio export`); None for a
+    stage that runs no detoxrl command."""
+    text = cmd if isinstance(cmd, str) else " && ".join(cmd)
+    m = re.match(r"\s*detoxrl\s+([a-z][a-z0-9-]*)(?:\s+([a-z][a-z0-9-]*))?", text)
+    if not m:
+        return None
+    for name in (f"{m.group(1)} {m.group(2)}", m.group(1)):
+        if name in commands:
+            return name
+    raise KeyError(f"dvc.yaml: `{text}` runs no command of src/{PACKAGE}/cli.py")
+
+
+def stage_closures(root: Path) -> tuple[dict[str, set[str]], dict[str, dict], set[str]]:
+    """(stage -> modules its command can run, stage -> its dvc.yaml body, every module of the package)."""
+    import yaml
+
+    pkg = Package(root / "src" / PACKAGE)
+    commands = command_closures(pkg)
+    bodies = _stage_bodies(yaml.safe_load((root / "dvc.yaml").read_text()))
+    runs = {}
+    for name, body in bodies.items():
+        command = stage_command(body["cmd"], commands)
+        if command is not None:
+            runs[name] = commands[command]
+    return runs, bodies, pkg.modules()
+
+
+def expected_code_deps(root: Path) -> dict[str, list[str]]:
+    """Stage -> the code deps it must declare (sorted; folders where whole), from dvc.yaml and the source."""
+    runs, _, all_modules = stage_closures(root)
+    return {name: compress(mods, all_modules) for name, mods in runs.items()}
+
+
+def missing_code_deps(root: Path) -> dict[str, list[str]]:
+    """Stage -> the modules its command can run that its deps do not declare (stages missing none left out)."""
+    runs, bodies, all_modules = stage_closures(root)
+    missing = {}
+    for name, mods in runs.items():
+        declared = expand([d if isinstance(d, str) else next(iter(d)) for d in bodies[name].get("deps", [])],
+                          all_modules)
+        if lacking := sorted(mods - declared):
+            missing[name] = lacking
+    return missing
+
+
+def write_code_deps(root: Path) -> list[str]:
+    """Rewrite every stage's `src/detoxrl` deps in dvc.yaml to its closure; other deps and comments stay.
+
+    Returns the stages whose code deps changed."""
+    from ruamel.yaml import YAML
+
+    expected = expected_code_deps(root)
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    path = root / "dvc.yaml"
+    doc = yaml.load(path.read_text())
+    changed = []
+    for name, body in _stage_bodies(doc).items():
+        if name not in expected:
+            continue
+        deps = body.setdefault("deps", [])
+        old = [d for d in deps if isinstance(d, str) and d.startswith(SRC_PREFIX)]
+        if old == expected[name]:
+            continue
+        for i in reversed(range(len(deps))):
+            if isinstance(deps[i], str) and deps[i].startswith(SRC_PREFIX):
+                del deps[i]
+        deps.extend(expected[name])
+        changed.append(name)
+    if changed:
+        tmp = path.with_suffix(".yaml.tmp")
+        with tmp.open("w") as f:
+            yaml.dump(doc, f)
+        tmp.replace(path)
+    return changed

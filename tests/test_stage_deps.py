@@ -1,0 +1,138 @@
+"""Every dvc.yaml stage declares the code it runs: the import closure of its command inside src/detoxrl."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from detoxrl.stage_code import Package, command_closures, expected_code_deps, missing_code_deps, write_code_deps
+
+
+def test_every_stage_declares_every_module_its_command_can_run():
+    missing = missing_code_deps(ROOT)
+    assert not missing, "stages miss code deps (fix: `detoxrl stage-deps --write`):\n" + "\n".join(
+        f"  {stage}: {', '.join(mods)}" for stage, mods in missing.items())
+
+
+def test_stage_code_deps_are_exactly_the_closure_so_an_edit_reruns_no_stage_that_does_not_run_it():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, want in expected_code_deps(ROOT).items():
+        body = stages[name].get("do", stages[name])
+        declared = sorted(d for d in body["deps"] if isinstance(d, str) and d.startswith("src/"))
+        assert declared == want, f"{name}: declared {sorted(set(declared) ^ set(want))} differ from its closure"
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+@pytest.fixture()
+def toy(tmp_path) -> Path:
+    """A package with the shape of detoxrl: a typer cli.py with lazy imports per command, a helper, a sub-app."""
+    root = tmp_path / "proj"
+    src = "src/detoxrl"
+    _write(root, f"{src}/__init__.py", "class DetoxError(Exception): ...\n")
+    _write(root, f"{src}/__main__.py", "from .cli import main\n")
+    _write(root, f"{src}/io.py", "import json\n")
+    _write(root, f"{src}/params.py", "from .io import json\n")
+    _write(root, f"{src}/cli.py", """\
+        import typer
+        from . import DetoxError
+
+        app = typer.Typer()
+        sub = typer.Typer()
+        app.add_typer(sub, name="grp")
+
+        def _params():
+            from .params import load
+
+        @app.command()
+        def train():
+            from .training.sft import run
+            _params()
+
+        @app.command("eval-it")
+        def evaluate_cmd():
+            from .evaluation import metrics
+
+        @sub.command("export")
+        def export_cmd():
+            import detoxrl.data.labels
+        """)
+    _write(root, f"{src}/training/__init__.py", "")
+    _write(root, f"{src}/training/sft.py", "from ..models.load import load\ndef run():\n    from . import lm_head\n")
+    _write(root, f"{src}/training/lm_head.py", "")
+    _write(root, f"{src}/models/__init__.py", "")
+    _write(root, f"{src}/models/load.py", "")
+    _write(root, f"{src}/evaluation/__init__.py", "")
+    _write(root, f"{src}/evaluation/metrics.py", "")
+    _write(root, f"{src}/data/__init__.py", "")
+    _write(root, f"{src}/data/labels.py", "")
+    return root
+
+
+def test_closure_follows_lazy_relative_and_absolute_imports_and_cli_helpers_only_of_the_command(toy):
+    closures = command_closures(Package(toy / "src" / "detoxrl"))
+    core = {"__init__.py", "__main__.py", "cli.py"}
+    got = {cmd: {m.removeprefix("src/detoxrl/") for m in mods} for cmd, mods in closures.items()}
+    assert got["train"] == core | {"params.py", "io.py", "training/__init__.py", "training/sft.py",
+                                   "training/lm_head.py", "models/__init__.py", "models/load.py"}
+    assert got["eval-it"] == core | {"evaluation/__init__.py", "evaluation/metrics.py"}
+    assert got["grp export"] == core | {"data/__init__.py", "data/labels.py"}
+
+
+def test_a_stage_that_drops_a_module_it_runs_is_named_with_that_module(toy):
+    _write(toy, "dvc.yaml", """\
+        stages:
+          train:
+            cmd: detoxrl train --x 1
+            deps: [data.txt, src/detoxrl]
+          evals:
+            foreach: [a, b]
+            do:
+              cmd: detoxrl eval-it ${item}
+              deps: [src/detoxrl/evaluation, src/detoxrl/cli.py]
+          other:
+            cmd: python -c pass
+        """)
+    missing = missing_code_deps(toy)  # a folder covers its modules; a non-detoxrl stage is not checked
+    assert missing == {"evals": ["src/detoxrl/__init__.py", "src/detoxrl/__main__.py"]}
+
+    assert write_code_deps(toy) == ["train", "evals"]
+    assert missing_code_deps(toy) == {}
+    import yaml
+
+    stages = yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
+    assert stages["train"]["deps"][0] == "data.txt"  # other deps stay, first
+    assert "src/detoxrl/evaluation" in stages["evals"]["do"]["deps"]  # a whole folder stays one entry
+    assert write_code_deps(toy) == []  # idempotent
+
+
+def test_a_cmd_naming_no_cli_command_fails_naming_it(toy):
+    _write(toy, "dvc.yaml", "stages:\n  x:\n    cmd: detoxrl trian\n")
+    with pytest.raises(KeyError, match="detoxrl trian"):
+        missing_code_deps(toy)
+
+
+def test_stage_deps_command_passes_on_the_committed_dvc_yaml_and_names_a_dropped_module(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from detoxrl.cli import app
+
+    for rel in ("dvc.yaml", "src"):
+        (shutil.copytree if (ROOT / rel).is_dir() else shutil.copy)(ROOT / rel, tmp_path / rel)
+    monkeypatch.chdir(tmp_path)
+    ok = CliRunner().invoke(app, ["stage-deps"])
+    assert ok.exit_code == 0 and "every stage declares the code it runs" in ok.output
+    text = (tmp_path / "dvc.yaml").read_text()
+    (tmp_path / "dvc.yaml").write_text(text.replace("      - src/detoxrl/training/lm_head.py\n", "", 1))
+    bad = CliRunner().invoke(app, ["stage-deps"])
+    assert bad.exit_code == 1 and "sft: runs src/detoxrl/training/lm_head.py but does not declare it" in bad.output
