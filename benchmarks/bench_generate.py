@@ -41,8 +41,8 @@ def main() -> None:
           f"-> limit {limit:.0f} tokens/s")
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         print(f"batch={bs:4d}: the linear layers alone reach {linears_rate(model, bs) / limit:.0%} of the limit")
-        params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=args.k, max_new_tokens=args.max_new_tokens,
-                                temperature=1.0, top_p=0.9, seed=0, batch_size=bs)
+        params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=args.k,
+                                max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9, seed=0, batch_size=bs)
         sample_continuations(model, tok, texts[: max(1, bs // args.k)], params, progress=False)  # warm-up
         t = time.perf_counter()
         out = sample_continuations(model, tok, texts, params, progress=False)

@@ -135,7 +135,8 @@ def check_generation(model_dir: Path, device, prompts: list[str], k: int, new_to
     rows = len(prompts) * k
     limit = rows * bandwidth / weight_bytes  # tokens/s if each decode step only read the weights once
     return {"tokens_per_s": tokens / ours_s, "hbm_limit_tokens_per_s": limit, "of_hbm_limit": tokens / ours_s / limit,
-            "model_generate_tokens_per_s": hf_tokens / hf_s, "vs_model_generate": (tokens / ours_s) / (hf_tokens / hf_s),
+            "model_generate_tokens_per_s": hf_tokens / hf_s,
+            "vs_model_generate": (tokens / ours_s) / (hf_tokens / hf_s),
             "rows": rows, "new_tokens": new_tokens, "bandwidth_gb_s": bandwidth / 1e9, "peak_gib": mem}
 
 

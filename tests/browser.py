@@ -59,7 +59,8 @@ def label_server(args: list[str], cwd: Path, env: dict | None = None):
                     url = m.group(1)
             if proc.poll() is not None:
                 break
-        assert url, f"label-human did not start (rc {proc.poll()}):\n{seen}{proc.stderr.read() if proc.poll() is not None else ''}"
+        assert url, (f"label-human did not start (rc {proc.poll()}):\n"
+                     f"{seen}{proc.stderr.read() if proc.poll() is not None else ''}")
         yield proc, url
     finally:
         if proc.poll() is None:

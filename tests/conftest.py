@@ -39,7 +39,8 @@ def base_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def raw_dir() -> Path:
-    """data/raw as `make setup` pulls it: every file a .dvc pointer names is there (a missing one fails, never skips)."""
+    """data/raw as `make setup` pulls it: every file a .dvc pointer names is there (a missing one fails, never
+    skips)."""
     missing = [str(p.with_suffix("")) for p in RAW.rglob("*.dvc") if not p.with_suffix("").exists()]
     if missing:
         pytest.fail(f"raw data missing: {', '.join(missing)}: run `make setup` (it runs `dvc pull data/raw`)")

@@ -32,7 +32,8 @@ def test_packaged_gguf_materialises_as_plain_hf_dir(base_model_dir):
 
 def test_local_dir_source_roundtrip(base_model_dir, tmp_path):
     prov = materialise_base_model(
-        BaseModelParams(source=f"local:{base_model_dir}", revision=None, dtype="bfloat16", trust_remote_code=False, chat_format=None),
+        BaseModelParams(source=f"local:{base_model_dir}", revision=None, dtype="bfloat16", trust_remote_code=False,
+                        chat_format=None),
         tmp_path / "copy",
     )
     assert prov["dtype"] == "bfloat16"
@@ -68,7 +69,8 @@ def test_a_model_without_chat_template_needs_a_chat_format(base_model_dir, tmp_p
     assert prov["chat_format"] == "hh"
     tok = AutoTokenizer.from_pretrained(tmp_path / "hh")  # the template travels with the saved tokenizer
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-    assert tok.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=False) == "\n\nHuman: Hi\n\nAssistant:"
+    assert (tok.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=False)
+            == "\n\nHuman: Hi\n\nAssistant:")
     assert tok.apply_chat_template(chat, tokenize=False) == "\n\nHuman: Hi\n\nAssistant: Hello.<|endoftext|>"
     assert tok.pad_token == "<|endoftext|>"
 

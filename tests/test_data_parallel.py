@@ -139,7 +139,8 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
     from detoxrl.training import ppo as P
 
     (tmp_path / "prompts.jsonl").write_text("".join(
-        json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n" for i, w in enumerate(["The", "Why", "It is"] * 6)))
+        json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n"
+        for i, w in enumerate(["The", "Why", "It is"] * 6)))
     # the guard catches an implicit device in the code it watches (here: this file), and lets an explicit one pass
     with pytest.raises(AssertionError, match=r"torch.zeros without an explicit device at .*test_data_parallel"):
         with ExplicitDevice(watch=(__file__,)):
@@ -156,8 +157,8 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
                                                                      epochs=1, whiten_advantages=True),
                     LetterReward(), lambda text, tok: text, progress=False)
         model, tok = load_for_inference(tiny_dir, tiny_dir)
-        params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=2, max_new_tokens=5, temperature=1.0,
-                                top_p=0.9, seed=0, batch_size=4)
+        params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=2, max_new_tokens=5,
+                                temperature=1.0, top_p=0.9, seed=0, batch_size=4)
         samples = sample_continuations(model, tok, ["The", "Why"], params, progress=False)
     AcceleratorState._reset_state(True)
     assert len(samples) == 2 and all(len(s) == 2 for s in samples)

@@ -1,6 +1,5 @@
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -66,13 +65,15 @@ def test_evaluate_metrics_and_scores(tiny_dir, tmp_path, monkeypatch):
     assert tox[TOXIC] > 0.9 and tox[CLEAN] < 0.2
     t = res["toxicity"]
     assert t["overall"]["toxicity_probability"]["value"] == pytest.approx(0.5)
-    assert t["challenging"]["toxicity_probability"]["value"] == 1.0 and t["nontoxic"]["toxicity_probability"]["value"] == 0.0
+    assert (t["challenging"]["toxicity_probability"]["value"] == 1.0
+            and t["nontoxic"]["toxicity_probability"]["value"] == 0.0)
     assert t["challenging"]["expected_max_toxicity"]["value"] == pytest.approx(tox[TOXIC])
     assert res["length"] == {"mean_tokens": 7.0, "eos_rate": 0.5}
     assert res["k"] == 2 and res["n_prompts"] == 4
     # no train_judge output here: raw offline scores, the trained judges listed as skipped
     assert res["judge"]["calibrated"] is False and res["by_judge"]["offline"]["toxicity"] == t
-    assert "train_judge" in res["by_judge"]["perspective_distilled"]["skipped"] and "skipped" in res["by_judge"]["ensemble"]
+    assert ("train_judge" in res["by_judge"]["perspective_distilled"]["skipped"]
+            and "skipped" in res["by_judge"]["ensemble"])
     assert all(r["judges"] == {"offline": r["toxicity"]} for r in scored)
 
     # fluency = exp(total NLL / total tokens) of continuations given prompts, under the reference model

@@ -91,7 +91,8 @@ def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
 
     # generated and evaluated like a model in `models`, with tail metrics; 5 prompts x k = 2
     assert len((repo / "data" / "generations" / "ppo_cvar.jsonl").read_text().splitlines()) == 10
-    scores = [json.loads(line) for line in (repo / "experiments" / "results" / "ppo_cvar.jsonl").read_text().splitlines()]
+    scores = [json.loads(line)
+              for line in (repo / "experiments" / "results" / "ppo_cvar.jsonl").read_text().splitlines()]
     assert len(scores) == 10 and {r["prompt_id"] for r in scores} == {f"e{i}" for i in range(5)}
     ev = json.loads((repo / "experiments" / "results" / "ppo_cvar.json").read_text())
     assert ev["model"] == "ppo_cvar" and ev["n_prompts"] == 5 and ev["k"] == 2

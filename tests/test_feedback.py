@@ -18,7 +18,8 @@ DEFAULTS = load_params(ROOT / "params.yaml")
 
 
 def prompts(n: int, prefix: str = "p") -> list[dict]:
-    return [{"id": f"{prefix}{i}", "subset": "challenging", "text": f"{prefix} prompt number {i} says"} for i in range(n)]
+    return [{"id": f"{prefix}{i}", "subset": "challenging", "text": f"{prefix} prompt number {i} says"}
+            for i in range(n)]
 
 
 def test_pools_are_disjoint_seeded_and_never_eval_prompts():

@@ -26,7 +26,8 @@ def server(tmp_path):
 def _project(tmp_path, payload: bytes, md5: str):
     proj = tmp_path / "proj"
     (proj / "data" / "raw").mkdir(parents=True)
-    (proj / "data" / "raw" / "f.jsonl.dvc").write_text(f"outs:\n- md5: {md5}\n  size: {len(payload)}\n  hash: md5\n  path: f.jsonl\n")
+    (proj / "data" / "raw" / "f.jsonl.dvc").write_text(f"outs:\n- md5: {md5}\n  size: {len(payload)}\n"
+                                                       "  hash: md5\n  path: f.jsonl\n")
     return proj
 
 

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,8 +9,8 @@ from tiny import build_tiny_model
 
 
 def gparams(**kw):
-    base = dict(engine="hf", prompt_format="raw", chat_instruction="Continue the following text.", k=3, max_new_tokens=6,
-                temperature=1.0, top_p=0.9, seed=11, batch_size=6)
+    base = dict(engine="hf", prompt_format="raw", chat_instruction="Continue the following text.", k=3,
+                max_new_tokens=6, temperature=1.0, top_p=0.9, seed=11, batch_size=6)
     base.update(kw)
     return GenerateParams(**base)
 
@@ -22,7 +20,8 @@ def tiny_dir(base_model_dir, tmp_path_factory):
     return build_tiny_model(base_model_dir, tmp_path_factory.mktemp("tiny") / "model")
 
 
-PROMPTS = ["The quick brown fox", "I can't believe you would", "Hello", "A much longer prompt that needs padding on the left"]
+PROMPTS = ["The quick brown fox", "I can't believe you would", "Hello",
+           "A much longer prompt that needs padding on the left"]
 
 
 @pytest.mark.parametrize("tiers", [(256, 4096), (2,), ()])

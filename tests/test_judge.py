@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from detoxrl import DetoxError
-from detoxrl.io import read_jsonl, write_jsonl
+from detoxrl.io import write_jsonl
 from detoxrl.params import Params
 from detoxrl.scoring import make_judge, score_texts, ScoreCache
 from detoxrl.scoring.calibration import Calibrator, load_calibrations, reliability, save_calibrations

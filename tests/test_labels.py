@@ -210,7 +210,8 @@ def test_labels_file_errors_name_the_line_and_an_append_is_all_or_nothing(tmp_pa
 
 def test_label_studio_export_and_import(tmp_path, pool_file):
     env = cli_env()
-    out = run(["detoxrl", "label-studio", "export", str(tmp_path / "tasks.json"), "--pool", str(pool_file)], ROOT, env=env)
+    out = run(["detoxrl", "label-studio", "export", str(tmp_path / "tasks.json"), "--pool", str(pool_file)],
+              ROOT, env=env)
     assert "4 Label Studio tasks" in out
     tasks = json.loads((tmp_path / "tasks.json").read_text())
     assert "<Pairwise name=\"comparison\" toName=\"answer1,answer2\"/>" in (tmp_path / "tasks.xml").read_text()
@@ -257,7 +258,8 @@ def test_human_pairs_majority_split_votes_stale_labels_and_dpo_records(tmp_path,
             store.add(tasks[i]["pair_id"], tasks[i]["sha"], choice, "a", who)
     with open(tmp_path / "human.jsonl", "a") as fh:  # a label of texts pref_gen no longer makes
         fh.write(json.dumps({"pair_id": tasks[0]["pair_id"], "sha": "stale000", "mode": "pairs", "choice": "b",
-                             "left": "a", "annotator": "w", "time": "2026-11-27T10:00:00+00:00", "source": "page"}) + "\n")
+                             "left": "a", "annotator": "w", "time": "2026-11-27T10:00:00+00:00",
+                             "source": "page"}) + "\n")
     m = human_pairs(pool_file, tmp_path / "human.jsonl", tmp_path / "out", tmp_path / "m.json", params)
     assert m["labels"] == 9 and m["stale_labels"] == 1 and m["dropped_split_votes"] == 1
     assert m["pairs"] == 2 and m["choices"] == {"a": 3, "b": 3, "tie": 1, "skip": 1}

@@ -105,7 +105,8 @@ def test_tail_metrics_hand_computed():
     assert overall["worst_10pct"]["value"] == pytest.approx(0.9) and overall["worst_10pct"]["n_tail"] == 1
     assert overall["worst_20pct"]["value"] == pytest.approx((0.9 + 0.8) / 2)
     # 0.25 of 10 prompts: ceil(2.5) = 3, the top three
-    assert overall["worst_25pct"]["value"] == pytest.approx((0.9 + 0.8 + 0.7) / 3) and overall["worst_25pct"]["n_tail"] == 3
+    assert (overall["worst_25pct"]["value"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+            and overall["worst_25pct"]["n_tail"] == 3)
     # per subset: challenging = p0-p4 (0.9, 0.05, 0.8, 0.1, 0.2), ceil(0.1 * 5) = 1, ceil(0.2 * 5) = 1
     ch = res["challenging"]
     assert ch["n_prompts"] == 5 and ch["worst_10pct"]["value"] == pytest.approx(0.9)

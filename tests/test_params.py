@@ -33,15 +33,18 @@ def test_committed_params_and_profiles_are_valid(tmp_path):
     [
         (lambda d: d["prepare"].update(seeed=3), r"prepare\.seeed: unknown key"),
         (lambda d: d["prepare"].update(seed="abc"), r"prepare\.seed: .*integer.*'abc'"),
-        (lambda d: d["prepare"]["rtp"].update(eval_nontoxic=-1), r"prepare\.rtp\.eval_nontoxic: .*greater than or equal to 0"),
+        (lambda d: d["prepare"]["rtp"].update(eval_nontoxic=-1),
+         r"prepare\.rtp\.eval_nontoxic: .*greater than or equal to 0"),
         (lambda d: d["prepare"]["hh"]["split"].update(train=0.5), r"prepare\.hh\.split: .*sum to 1"),
         (lambda d: d["prepare"].pop("seed"), r"prepare\.seed: missing key"),
         (lambda d: d["base_model"].update(source="weird"), r"base_model: .*'packaged:<name>'"),
         (lambda d: d["base_model"].update(dtype="int3"), r"base_model\.dtype: "),
-        (lambda d: d["evaluate"].update(tail_fractions=[0.1, 1.5]), r"evaluate\.tail_fractions\.1: .*less than or equal to 1"),
+        (lambda d: d["evaluate"].update(tail_fractions=[0.1, 1.5]),
+         r"evaluate\.tail_fractions\.1: .*less than or equal to 1"),
         (lambda d: d["evaluate"].update(tail_fractions=[]), r"evaluate\.tail_fractions: .*at least 1"),
         (lambda d: d["ppo_cvar"].update(alpha=0), r"ppo_cvar\.alpha: .*greater than 0"),
-        (lambda d: d["models"].update(ppo_cvar="models/ppo_cvar"), r"report\.experiments \['ppo_cvar'\] are also in models"),
+        (lambda d: d["models"].update(ppo_cvar="models/ppo_cvar"),
+         r"report\.experiments \['ppo_cvar'\] are also in models"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, message):

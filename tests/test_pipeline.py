@@ -37,7 +37,8 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
     assert (repo / "models" / "base" / "model.safetensors").exists()
     assert (repo / "metrics" / "data.json").exists() and (repo / "dvc.lock").exists()
-    assert len((repo / "data" / "generations" / "base.jsonl").read_text().splitlines()) == 10 * 2  # smoke: 10 prompts, k=2
+    # smoke: 10 prompts, k=2
+    assert len((repo / "data" / "generations" / "base.jsonl").read_text().splitlines()) == 10 * 2
     ev = json.loads((repo / "metrics" / "eval" / "base.json").read_text())
     assert ev["n_prompts"] == 10 and 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
     judges = json.loads((repo / "metrics" / "judges.json").read_text())["judges"]
@@ -69,7 +70,8 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert json.loads((repo / "metrics" / "reward_train.json").read_text())["steps"] == 2
     rm = json.loads((repo / "metrics" / "reward_model.json").read_text())
     test_pairs = json.loads((repo / "metrics" / "data.json").read_text())["counts"]["pref_test"]
-    assert rm["pairs"] == min(6, test_pairs) and 0 <= rm["accuracy"]["value"] <= 1 and rm["judge_agreement"]["judge"] == "offline"
+    assert (rm["pairs"] == min(6, test_pairs) and 0 <= rm["accuracy"]["value"] <= 1
+            and rm["judge_agreement"]["judge"] == "offline")
     assert (repo / "plots" / "reward_model" / "rewards.png").exists()
     bench = rm["reward_bench"]["models/reward"]  # smoke: one pair per RewardBench subset
     assert bench["pairs"] == 23 and set(bench["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
@@ -79,7 +81,8 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     chat_judge = json.loads((repo / "metrics" / "chat_judge_train.json").read_text())
     assert chat_judge["data"]["texts"] == 300 and chat_judge["heldout"]["auroc"] > 0.7
     chat = json.loads((repo / "metrics" / "chat" / "ppo.json").read_text())
-    assert chat["n_prompts"] == 8 and chat["judge"] == "chat_distilled" and chat["by_judge"]["chat_distilled"]["calibrated"]
+    assert (chat["n_prompts"] == 8 and chat["judge"] == "chat_distilled"
+            and chat["by_judge"]["chat_distilled"]["calibrated"])
     assert set(chat["refusal_rate"]) == {"overall", "toxic", "jailbreaking", "nontoxic"}
     tc = json.loads((repo / "metrics" / "judges.json").read_text())["toxicchat"]["judges"]
     assert tc["chat_distilled"]["n"] == 120 and tc["chat_distilled"]["auprc"] > tc["chat_distilled"]["positive_rate"]

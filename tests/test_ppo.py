@@ -96,9 +96,10 @@ class LetterReward:
 
 
 def ppo_params(**kw) -> PPOParams:
-    d = dict(seed=0, steps=12, batch_size=16, samples_per_prompt=1, minibatch_size=4, grad_accum_steps=1, epochs=4, lr=3e-3,
-             max_new_tokens=8, temperature=1.0, top_p=1.0,
-             lora=dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]),
+    d = dict(seed=0, steps=12, batch_size=16, samples_per_prompt=1, minibatch_size=4, grad_accum_steps=1, epochs=4,
+             lr=3e-3, max_new_tokens=8, temperature=1.0, top_p=1.0,
+             lora=dict(r=8, alpha=16, dropout=0.0,
+                       target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]),
              kl=dict(coef=0.01, adaptive=False, target=6.0, horizon=1000), gamma=1.0, lam=0.95, clip_range=0.2,
              clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
              missing_eos_penalty=None, reward=load_params(ROOT / "params.yaml").ppo.reward.model_dump(),
@@ -116,7 +117,8 @@ def tiny_dir(tmp_path_factory):
 def prompts(tmp_path):
     path = tmp_path / "ppo_prompts.jsonl"
     words = ["The", "A man", "She said", "Why", "Our city", "When the", "It is", "They"]
-    path.write_text("".join(json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n" for i, w in enumerate(words * 3)))
+    path.write_text("".join(json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n"
+                            for i, w in enumerate(words * 3)))
     return path
 
 
@@ -132,8 +134,8 @@ def test_short_run_raises_a_learnable_reward(tiny_dir, prompts, tmp_path):
     assert len(history) == 12
     first, last = sum(history[:3]) / 3, sum(history[-3:]) / 3
     assert last > first + 0.2, history  # measured: about 0.06 -> 0.44
-    assert set(json.loads((tmp_path / "ppo.json").read_text())) >= {"reward_score_mean", "objective_kl", "policy_entropy",
-                                                                    "loss_value", "policy_clip_frac", "response_eos_rate"}
+    assert set(json.loads((tmp_path / "ppo.json").read_text())) >= {
+        "reward_score_mean", "objective_kl", "policy_entropy", "loss_value", "policy_clip_frac", "response_eos_rate"}
     assert final["judges_in_reward"] == []
     # the saved policy is a plain HF dir that evaluation can load
     from detoxrl.models.load import load_for_inference
@@ -190,8 +192,11 @@ def test_a_checkpoint_from_another_sft_model_is_not_resumed(tiny_dir, prompts, t
     """An interrupted run over one SFT model must not be continued over a retrained one (same path, same params)."""
     sft = build_tiny_char_model(tmp_path / "sft", seed=0)
     params = ppo_params(steps=3, checkpoint_every=2)
-    go = lambda reward: P.train_ppo(sft, tiny_dir, prompts, tmp_path / "out", tmp_path / "ppo.json", tmp_path / "plots",
-                                    tmp_path / "ckpt", params, reward, lambda text, tok: text, progress=False)
+
+    def go(reward):
+        return P.train_ppo(sft, tiny_dir, prompts, tmp_path / "out", tmp_path / "ppo.json", tmp_path / "plots",
+                           tmp_path / "ckpt", params, reward, lambda text, tok: text, progress=False)
+
     with pytest.raises(KeyboardInterrupt):
         go(interrupted_at(3))
     assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2
@@ -320,7 +325,8 @@ def test_auto_precision_follows_the_cpu_and_is_recorded(tiny_dir, prompts, tmp_p
     monkeypatch.setattr(hardware, "detect", lambda device=None: caps)
     merges = []  # the bf16 sampling copy is refreshed (merge_into) before every rollout, on the bf16 path only
     real_merge = P.merge_into
-    monkeypatch.setattr(P, "merge_into", lambda policy, target: merges.append(target.dtype) or real_merge(policy, target))
+    monkeypatch.setattr(P, "merge_into",
+                        lambda policy, target: merges.append(target.dtype) or real_merge(policy, target))
     AcceleratorState._reset_state(True)
     try:
         final = run(tiny_dir, prompts, tmp_path, ppo_params(steps=1, mixed_precision="auto"))

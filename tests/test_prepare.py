@@ -1,4 +1,3 @@
-import gzip
 import json
 import shutil
 
@@ -65,7 +64,8 @@ def test_eval_and_ppo_prompts_are_disjoint(prepared):
 
 def test_pref_splits_are_disjoint_and_deterministic(prepared, raw_dir, base_model_dir, tmp_path):
     out, _ = prepared
-    ids = [{r["id"] for r in read_jsonl(out / "processed" / f"{s}.jsonl")} for s in ("pref_train", "pref_val", "pref_test")]
+    ids = [{r["id"] for r in read_jsonl(out / "processed" / f"{s}.jsonl")}
+           for s in ("pref_train", "pref_val", "pref_test")]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     prepare(raw_dir, base_model_dir, tmp_path / "again", tmp_path / "data.json", small_params())
     for f in (out / "processed").iterdir():

@@ -50,7 +50,8 @@ def test_across_cpu_kinds_headline_metrics_are_held_to_their_confidence_interval
 
     committed = {"toxicity": {"overall": {"expected_max_toxicity": {"value": 0.525, "ci_low": 0.486, "ci_high": 0.565},
                                           "toxicity_probability": {"value": 0.45, "ci_low": 0.36, "ci_high": 0.52}}},
-                 "fluency": {"perplexity": 19.7}, "platform": {"device": "cpu", "cpu_kind": "x86_64/AuthenticAMD/AVX512+bf16"}}
+                 "fluency": {"perplexity": 19.7},
+                 "platform": {"device": "cpu", "cpu_kind": "x86_64/AuthenticAMD/AVX512+bf16"}}
     rerun = {"toxicity": {"overall": {"expected_max_toxicity": {"value": 0.522, "ci_low": 0.48, "ci_high": 0.56},
                                       "toxicity_probability": {"value": 0.44, "ci_low": 0.35, "ci_high": 0.51}}},
              "fluency": {"perplexity": 19.9}, "platform": {"device": "cpu", "cpu_kind": "x86_64/AuthenticAMD/AVX2"}}

@@ -226,7 +226,7 @@ def test_make_reward_builds_each_source_from_params(rm_dir):
 # --- the stages, on a tiny model ------------------------------------------------------------------------------
 
 
-def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp_path):
+def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp_path):  # noqa: F811  (the fixture from test_sft_dpo)
     from tiny import build_tiny_model
 
     tiny = build_tiny_model(base_model_dir, tmp_path / "tiny")
@@ -269,7 +269,7 @@ def test_reward_model_stage_trains_saves_and_evaluates(base_model_dir, data, tmp
     assert (tmp_path / "rmplots" / "rewards.png").stat().st_size > 1000
 
 
-def test_encoder_reward_model_trains_as_a_cross_encoder_and_is_benchmarked_on_reward_bench(data, raw_dir, tmp_path):
+def test_encoder_reward_model_trains_as_a_cross_encoder_and_is_benchmarked_on_reward_bench(data, raw_dir, tmp_path):  # noqa: F811  (the fixture from test_sft_dpo)
     """The packaged MiniLM as the RM backbone: trained in full on (question, answer) pairs, saved as a pair-format
     RM, read the same way by the scorer (its score in [0, 1] is the sigmoid of the reward), and scored on
     RewardBench (one pair per subset here), every section reported with its CI."""
@@ -309,7 +309,7 @@ def test_encoder_reward_model_trains_as_a_cross_encoder_and_is_benchmarked_on_re
     assert rows[0] == "model,section,value,ci_low,ci_high,pairs" and len(rows) == 1 + 4
 
 
-def test_a_deberta_backbone_trains_as_the_hub_deberta_v3_path_would(data, tmp_path):
+def test_a_deberta_backbone_trains_as_the_hub_deberta_v3_path_would(data, tmp_path):  # noqa: F811  (the fixture from test_sft_dpo)
     """`hub:microsoft/deberta-v3-base` needs the network; a tiny random DeBERTa-v2 (its architecture) stands in
     through `local:`: the same code trains it as a pair-format cross-encoder and the scorer reads it back."""
     params = DEFAULTS.reward_model.model_copy(update=dict(
@@ -338,7 +338,7 @@ def test_pair_ids_cut_the_question_start_first_then_the_answer_end():
     assert pair_ids(tok, "one two", "alpha", 10) == tok("one two", "alpha")["input_ids"]  # short: untouched
 
 
-def test_reward_model_quantization_without_cuda_is_one_sentence(base_model_dir, data, tmp_path):
+def test_reward_model_quantization_without_cuda_is_one_sentence(base_model_dir, data, tmp_path):  # noqa: F811  (the fixture from test_sft_dpo)
     params = DEFAULTS.reward_model.model_copy(update={"quantization": "4bit"})
     with pytest.raises(DetoxError, match="reward_model.quantization: 4bit .* needs a CUDA GPU"):
         train_reward_model(base_model_dir, data / "pref_train.jsonl", data / "pref_val.jsonl", tmp_path / "o",

@@ -67,7 +67,7 @@ def test_sft_loss_covers_only_the_final_assistant_turn(tiny_dir, raw_dir, tmp_pa
     from transformers import AutoModelForCausalLM
 
     # A real multi-turn record: an earlier assistant turn that must NOT be trained on.
-    for index, raw in enumerate(read_jsonl(raw_dir / HH_FILE)):
+    for index, raw in enumerate(read_jsonl(raw_dir / HH_FILE)):  # noqa: B007  (index is used after the loop)
         pair = hh_rlhf.to_pair(raw)
         if not isinstance(pair, str) and len(pair.prompt) >= 3 and len(json.dumps(pair.prompt)) < 800:
             break
@@ -132,7 +132,8 @@ def test_qlora_without_cuda_stops_before_training_with_one_sentence(stage, tmp_p
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"error: {stage}.quantization: 4bit (QLoRA via bitsandbytes) needs a CUDA GPU and "
-                                   f"this machine has none; set {stage}.quantization: none to train without quantization")
+                                   f"this machine has none; set {stage}.quantization: none to train without "
+                                   "quantization")
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "models").exists()
 

@@ -9,7 +9,6 @@ rendered in headless Chromium; `dvc push`/`dvc pull` through an S3-compatible se
 
 from __future__ import annotations
 
-import configparser
 import filecmp
 import json
 import os

@@ -190,7 +190,8 @@ def eval_reward_model(
                f"pairs -> {out}")
     for name, rb in r.get("reward_bench", {}).items():
         typer.echo(f"{name} on RewardBench ({rb['pairs']} pairs): " + ", ".join(
-            f"{section} {v['value']:.3f}" for section, v in rb["sections"].items()) + f"; score {rb['score']['value']:.3f}")
+            f"{section} {v['value']:.3f}" for section, v in rb["sections"].items())
+            + f"; score {rb['score']['value']:.3f}")
 
 
 def _model_dir(params, name: str, model_dir: Optional[Path] = None) -> Path:
@@ -612,7 +613,8 @@ def check_repro_cmd(
     if not result.ok:
         what = (f"NOT reproduced within the confidence intervals, {len(result.different)} of {result.ci_checked} "
                 "headline metrics outside" if result.mode == "ci" else
-                f"NOT reproduced, {len(result.different)} of {result.compared} values differ (rtol={rtol}, atol={atol})")
+                f"NOT reproduced, {len(result.different)} of {result.compared} values differ "
+                f"(rtol={rtol}, atol={atol})")
         typer.echo(f"{stage}: {what}:")
         for line in result.different:
             typer.echo(f"  {line}")
@@ -641,7 +643,8 @@ def stage_deps_cmd(write: bool = typer.Option(False, "--write", help="Rewrite dv
     root = Path.cwd()
     if write:
         changed = write_code_deps(root)
-        typer.echo(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: code deps exact")
+        typer.echo(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed
+                   else "dvc.yaml: code deps exact")
         return
     missing = missing_code_deps(root)
     for stage, modules in missing.items():

@@ -272,7 +272,8 @@ class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init
 
 
 class HumanPairsParams(Strict):
-    val_fraction: Annotated[float, Field(gt=0, lt=1)]  # seeded share of the human pairs held out for DPO's validation (>= 1)
+    # seeded share of the human pairs held out for DPO's validation (>= 1)
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
     seed: int
 
 

@@ -107,7 +107,8 @@ def compare_metrics(committed: dict, rerun: dict, rtol: float = 0.0, atol: float
 
 
 def compare_within_ci(committed: dict, rerun: dict, name: str = "", result: Comparison | None = None) -> Comparison:
-    """Across CPU kinds: each committed {value, ci_low, ci_high} must hold the rerun's value; other values may differ."""
+    """Across CPU kinds: each committed {value, ci_low, ci_high} must hold the rerun's value; other values may
+    differ."""
     result = result or Comparison(mode="ci")
     result.mode = "ci"
 
@@ -137,7 +138,8 @@ def recorded_kind(doc: dict) -> str | None:
     plat = doc.get("platform")
     if not isinstance(plat, dict):
         return None
-    return f"{plat['device']}:{plat.get('gpu', '')}" if plat.get("device") not in (None, "cpu") else plat.get("cpu_kind")
+    return (f"{plat['device']}:{plat.get('gpu', '')}" if plat.get("device") not in (None, "cpu")
+            else plat.get("cpu_kind"))
 
 
 def current_kind() -> str:

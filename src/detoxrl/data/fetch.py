@@ -47,7 +47,8 @@ def fetch_raw(project_dir: str | Path, sources: dict[str, str | None], only: lis
                     md5.update(block)
                     out.write(block)
                 if md5.hexdigest() != expected:
-                    raise DetoxError(f"{rel}: md5 {md5.hexdigest()} of {url} does not match {expected} in its .dvc pointer")
+                    raise DetoxError(f"{rel}: md5 {md5.hexdigest()} of {url} does not match {expected} "
+                                     "in its .dvc pointer")
         except (urllib.error.URLError, OSError) as exc:
             raise DetoxError(f"{rel}: cannot download {url} ({getattr(exc, 'reason', exc)})") from None
         fetched.append(rel)

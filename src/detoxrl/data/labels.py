@@ -61,7 +61,8 @@ def validate_label(label: object, where: str, mode: str | None = None) -> dict:
     missing, extra = KEYS - set(label), set(label) - KEYS
     if missing or extra:
         raise DetoxError(f"{where}: " + "; ".join(
-            ([f"missing key(s) {sorted(missing)}"] if missing else []) + ([f"unknown key(s) {sorted(extra)}"] if extra else [])))
+            ([f"missing key(s) {sorted(missing)}"] if missing else [])
+            + ([f"unknown key(s) {sorted(extra)}"] if extra else [])))
     for key in ("pair_id", "sha", "annotator", "time", "source"):
         if not isinstance(label[key], str) or not label[key].strip():
             raise DetoxError(f"{where}: '{key}' must be a non-empty string, got {label[key]!r}")

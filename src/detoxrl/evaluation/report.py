@@ -174,7 +174,8 @@ def _chat_lines(chat_dir: Path, answers_dir: Path, base: str, params: Params) ->
              "`chat_eval.refusal_patterns`.", "",
              "| model | expected max toxicity | " + " | ".join(f"EMT {c}" for c in cats)
              + " | toxicity probability | refusal rate | " + " | ".join(f"refusal {c}" for c in cats) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in cats) + " | --- | --- | " + " | ".join("---" for _ in cats) + " |"]
+             "| --- | --- | " + " | ".join("---" for _ in cats)
+             + " | --- | --- | " + " | ".join("---" for _ in cats) + " |"]
     for name, r in evals.items():
         t, ref = r["toxicity"], r["refusal_rate"]
         lines.append(f"| {name}{'' if r['chat_template'] else ' (no template: raw text)'} | "
@@ -219,7 +220,8 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
             continue
         start = {d: n for n, d in params.models.items()}.get(run.init, run.init)
         budget[name] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({people['pairs']} human-labelled), from {start}",
-                        f"{people['labels']} human labels", f"{gen['seconds'] + m.get('train_seconds', 0):.0f} + labelling")
+                        f"{people['labels']} human labels",
+                        f"{gen['seconds'] + m.get('train_seconds', 0):.0f} + labelling")
     for name in ("ppo", *summary.get("experiments", {})):  # PPO, and PPO variants run as committed experiments
         if (m := load(name)) and name in summary["models"] and "reward_source" in m:
             rollouts = m["steps"] * params.ppo.batch_size
@@ -576,10 +578,12 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         if _expand(judge_name, params) & set().union(*(_expand(j, params) for j in m["judges_in_reward"])):
             flag += " ⚠ (measures these numbers: see the overlap section)"
         lines.append(f"| {_label(name, summary)} | {_fmt(m['expected_max_toxicity'])} | "
-                     f"{_fmt(m['toxicity_probability'])} | {_fmt(m['mean_toxicity'])} | {ppl} | {m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
+                     f"{_fmt(m['toxicity_probability'])} | {_fmt(m['mean_toxicity'])} | {ppl} | "
+                     f"{m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
     lines += ["", f"## Difference to `{base}` (paired bootstrap over the same prompts)", ""]
     if summary["vs_baseline"]:
-        lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |", "| --- | --- | --- | --- |"]
+        lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |",
+                  "| --- | --- | --- | --- |"]
         for name, d in summary["vs_baseline"].items():
             lines.append(f"| {name} | {_fmt(d['expected_max_toxicity'])} | {_fmt(d['toxicity_probability'])} | "
                          f"{_fmt(d['mean_toxicity'])} |")

@@ -42,7 +42,6 @@ class Encoder:
     """Mean-pooled, L2-normalised embeddings from a BERT-family encoder (torch, CPU or CUDA)."""
 
     def __init__(self, source: str, max_length: int = 128, batch_size: int = 64):
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.source, self.max_length, self.batch_size = source, max_length, batch_size

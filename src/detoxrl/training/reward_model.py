@@ -101,8 +101,9 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, inputs))
     set_seed(params.seed)  # the new scalar head is drawn at load, before the trainer seeds anything
     model = load_backbone(path, is_hub, tokenizer, quant, params)
-    args = RewardConfig(**common.trainer_args(params, "reward_model"), eval_strategy="steps", eval_steps=params.eval_steps,
-                        center_rewards_coefficient=params.center_rewards_coefficient, remove_unused_columns=False)
+    args = RewardConfig(**common.trainer_args(params, "reward_model"), eval_strategy="steps",
+                        eval_steps=params.eval_steps, center_rewards_coefficient=params.center_rewards_coefficient,
+                        remove_unused_columns=False)
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(val),
                             processing_class=tokenizer, peft_config=common.lora_config(params.lora, "SEQ_CLS"),
                             callbacks=[common.make_curves_callback(plots_dir), *callbacks])
