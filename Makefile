@@ -1,14 +1,15 @@
 # The two commands of the README:
 #   make setup && make repro   set up on a fresh machine (venv, runtime deps, dvc pull) and run the pipeline
-#   make test                  install the test tools (requirements-test.txt) and run the tests
-#                              (CI runs `make setup` and `make test`: .ci/run)
+#   make test                  install the test tools (requirements-test.txt), ruff, then every test, the end-to-end
+#                              DVC pipeline tests included (CI runs `make setup` and `make test`: .ci/run)
+#   make test-fast             the edit loop: every test that runs no pipeline and launches no process
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-deps
+.PHONY: setup repro test test-fast test-deps lint
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,17 @@ repro:
 test-deps:
 	$(BIN)/pip install -q -r requirements-test.txt
 
+lint: test-deps
+	$(BIN)/ruff check .
+
 # pytest exits 5 when it collects no test; that case says so and is not an error of the run.
-test: test-deps
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# Two pytest-xdist workers (2 cores); `--dist loadgroup` keeps the tests that share a smoke workspace
+# (xdist_group "smoke") on one worker, so the workspace is built once. --durations: where the time goes.
+test: test-deps lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25; $(PYTEST_RC)
+
+# The tests that run no pipeline and launch no process (tests/conftest.py fails one that starts a process here).
+test-fast: test-deps
+	DETOXRL_TEST_TIER=fast $(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10; $(PYTEST_RC)

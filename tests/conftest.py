@@ -14,6 +14,27 @@ SHARED = ROOT.parent / "shared"
 RAW = ROOT / "data" / "raw"
 
 
+# `make test-fast` (DETOXRL_TEST_TIER=fast, -m "not slow"): the tests that run no pipeline and launch no process.
+# There, a test that starts a process fails, naming the command, so the tier cannot drift from what it claims.
+FAST_TIER = os.environ.get("DETOXRL_TEST_TIER") == "fast"
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_launches_no_process(request, monkeypatch):
+    if not FAST_TIER:
+        return
+
+    real = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        if (args if isinstance(args, str) else args[0]) == "uname":  # platform.processor(), inside libraries
+            return real(self, args, *rest, **kwargs)
+        pytest.fail(f"{request.node.nodeid} launches a process ({args!r}) but is in the fast tier: mark it "
+                    "@pytest.mark.slow", pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 def cli_env() -> dict:
     """Environment for subprocesses: the venv's bin first, so `detoxrl` and `dvc` resolve."""
     env = dict(os.environ)
@@ -47,12 +68,17 @@ def raw_dir() -> Path:
     return RAW
 
 
-# The smoke-profile workspace shared by the end-to-end tests (test_pipeline.py, test_workflow.py): the real
-# `dvc pull` + `dvc repro` runs once per session (minutes on 2 cores), in a temporary git repo holding a copy of the
-# project's files. Tests that change it reset it to the committed baseline (`SmokeWorkspace.reset`) or copy it.
+# The smoke-profile workspaces of the end-to-end tests (test_pipeline.py, test_workflow.py): the real `dvc pull` +
+# `dvc repro` runs once per session in a temporary git repo holding a copy of the project's files. Two kinds:
+# - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M
+#   (test_pipeline.py's first test: every stage that loads the base model runs on the real one);
+# - `smoke_workspace`: the same with base_model.source a tiny random Llama with SmolLM2's tokenizer (tests/tiny.py),
+#   shared by every test that reruns parts of the pipeline; they reset it to the committed baseline
+#   (`SmokeWorkspace.reset`) or copy it.
 SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw",
               "data/labels"]
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
+PACKAGED_SOURCE = "source: packaged:smollm2-135m-instruct"
 
 
 def run(cmd, cwd, check=True, env=None) -> str:
@@ -81,16 +107,9 @@ class SmokeWorkspace:
         run(["dvc", "checkout", "-q", "--force"], self.path)
 
 
-@pytest.fixture(scope="session")
-def smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
+def build_smoke_workspace(repo: Path, base_source: str | None = None) -> SmokeWorkspace:
     """A git repo (branch `main`) with the smoke profile committed, then `dvc repro` run and its results committed.
-
-    DETOXRL_SMOKE_WORKSPACE=<dir> reuses such a repo built earlier (to iterate on one slow test; the first test of
-    test_pipeline.py, which reads the building run's output, then fails).
-    """
-    if os.environ.get("DETOXRL_SMOKE_WORKSPACE"):
-        return SmokeWorkspace(Path(os.environ["DETOXRL_SMOKE_WORKSPACE"]), "")
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    `base_source` replaces params.yaml's base_model.source (e.g. `local:<dir>` of a tiny model) after the profile."""
     for rel in SMOKE_COPY:
         src, dst = ROOT / rel, repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +123,37 @@ def smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
     run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], repo)
     run(["dvc", "pull", "-q", "-R", "data/raw"], repo)
     run(["detoxrl", "use-profile", "profiles/smoke.yaml"], repo)
+    if base_source:
+        text = (repo / "params.yaml").read_text()
+        assert PACKAGED_SOURCE in text, "params.yaml's base_model.source moved: update tests/conftest.py"
+        (repo / "params.yaml").write_text(text.replace(PACKAGED_SOURCE, f"source: {base_source}", 1))
     run(["git", *GIT_ID, "commit", "-qam", "smoke profile"], repo)
     first = run(["dvc", "repro"], repo)
     run("git add -A", repo)
     run(["git", *GIT_ID, "commit", "-qm", "smoke baseline: dvc.lock, metrics, plots"], repo)
     return SmokeWorkspace(repo, first)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(base_model_dir, tmp_path_factory) -> Path:
+    """A tiny random Llama (SmolLM2's architecture class and tokenizer, 2 layers of width 32): the stand-in base."""
+    from tiny import build_tiny_model
+
+    return build_tiny_model(base_model_dir, tmp_path_factory.mktemp("tiny-base") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory, tiny_base_dir) -> SmokeWorkspace:
+    """The smoke workspace on the tiny stand-in base model, for the tests that rerun parts of the pipeline.
+
+    DETOXRL_SMOKE_WORKSPACE=<dir> reuses such a repo built earlier (to iterate on one slow test).
+    """
+    if os.environ.get("DETOXRL_SMOKE_WORKSPACE"):
+        return SmokeWorkspace(Path(os.environ["DETOXRL_SMOKE_WORKSPACE"]), "")
+    return build_smoke_workspace(tmp_path_factory.mktemp("pipeline") / "repo", f"local:{tiny_base_dir}")
+
+
+@pytest.fixture(scope="session")
+def packaged_smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
+    """The smoke profile as a user applies it: the real packaged SmolLM2-135M through every stage."""
+    return build_smoke_workspace(tmp_path_factory.mktemp("packaged") / "repo")

@@ -1,5 +1,6 @@
 import subprocess
 
+import pytest
 import yaml
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -41,6 +42,7 @@ def test_every_command_has_help_naming_its_options():
                 assert param.opts[0] in result.output, f"detoxrl {name} --help lacks {param.opts[0]}"
 
 
+@pytest.mark.slow
 def test_installed_entry_point_lists_every_command():
     proc = subprocess.run(["detoxrl", "--help"], capture_output=True, text=True, env=cli_env())
     assert proc.returncode == 0

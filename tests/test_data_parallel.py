@@ -43,6 +43,7 @@ def launch(n: int, *args, tmp: Path, check: bool = True) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_single_process_update_and_agree(tiny_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for out, n in ((one, 1), (two, 2)):
@@ -56,6 +57,7 @@ def test_two_processes_make_the_single_process_update_and_agree(tiny_dir, tmp_pa
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5, msg=f"{key} differs")
 
 
+@pytest.mark.slow
 def test_train_ppo_under_two_processes(tiny_dir, tmp_path):
     words = ["The", "A man", "She said", "Why", "Our city", "When the", "It is", "They"]
     texts = [f"{w} {i}" for i, w in enumerate(words * 3)]  # distinct texts, so disjoint prompts show as such
@@ -86,6 +88,7 @@ def test_train_ppo_under_two_processes(tiny_dir, tmp_path):
     assert len(rows) == 1 + 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_where_it_stopped(tiny_dir, tmp_path):
     """Two processes stop in step 2 of 3 (after the checkpoint of step 2); relaunched, they continue from it, score
     only the missing step, and end exactly where an uninterrupted 2-process run ends."""

@@ -71,6 +71,7 @@ def experiment_repo(tmp_path):
     return repo
 
 
+@pytest.mark.slow
 def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
     repo = experiment_repo
     out = run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar"], repo)
@@ -108,6 +109,7 @@ def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
     assert "didn't change, skipping" in run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar"], repo)
 
 
+@pytest.mark.slow
 def test_cli_names_what_a_model_outside_models_needs(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     for cmd, message in ((["generate", "ppo_cvar"], "'ppo_cvar' is not in params.yaml `models`"),

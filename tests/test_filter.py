@@ -242,6 +242,7 @@ def test_bad_params_and_inputs_give_one_clear_error(tiny_dir, tmp_path):
         run(tmp_path, tiny_dir, p)
 
 
+@pytest.mark.slow
 def test_cli_filter_unknown_name_and_evaluate_accepts_a_filter(tmp_path):
     proc = subprocess.run(["detoxrl", "filter", "nope", "--params", str(ROOT / "params.yaml")], capture_output=True,
                           text=True, env=cli_env(), cwd=tmp_path)

@@ -5,9 +5,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, cli_env
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_end_to_end_in_smoke_mode(base_model_dir, tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**cli_env(), "PYTHONPATH": str(ROOT / "benchmarks")}

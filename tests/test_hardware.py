@@ -64,6 +64,7 @@ def test_cpu_kind_separates_what_changes_the_bits():
                       "precision": "bf16", "precision_reason": "auto: ..."}
 
 
+@pytest.mark.slow
 def test_detect_reads_this_machine_and_honours_a_lowered_kernel_level():
     import os
     import subprocess

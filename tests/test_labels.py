@@ -47,6 +47,7 @@ def pool_file(tmp_path) -> Path:
     return tmp_path / "pool.jsonl"
 
 
+@pytest.mark.slow
 def test_page_keys_and_clicks_write_the_shown_text_and_reload_resumes(tmp_path, pool_file):
     labels = tmp_path / "labels" / "human.jsonl"
     with label_server(["--pool", str(pool_file), "--labels", str(labels)], ROOT, cli_env()) as (_, url), \
@@ -93,6 +94,7 @@ def test_page_keys_and_clicks_write_the_shown_text_and_reload_resumes(tmp_path, 
         assert other.inner_text("#prompt") == POOL[0]["prompt"]
 
 
+@pytest.mark.slow
 def test_killed_server_loses_nothing_and_duplicates_and_bad_submissions_get_clear_errors(tmp_path, pool_file):
     labels = tmp_path / "human.jsonl"
     args = ["--pool", str(pool_file), "--labels", str(labels)]
@@ -131,6 +133,7 @@ def test_killed_server_loses_nothing_and_duplicates_and_bad_submissions_get_clea
             assert page.inner_text("#prompt") == POOL[1]["prompt"]
 
 
+@pytest.mark.slow
 def test_eval_mode_is_blind_and_its_labels_give_win_rate_and_judge_agreement(tmp_path):
     from detoxrl.evaluation.human_eval import eval_tasks, human_eval
 
@@ -208,6 +211,7 @@ def test_labels_file_errors_name_the_line_and_an_append_is_all_or_nothing(tmp_pa
     assert path.read_bytes() == before and not list(tmp_path.glob(".human.jsonl.tmp-*"))
 
 
+@pytest.mark.slow
 def test_label_studio_export_and_import(tmp_path, pool_file):
     env = cli_env()
     out = run(["detoxrl", "label-studio", "export", str(tmp_path / "tasks.json"), "--pool", str(pool_file)],

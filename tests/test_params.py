@@ -55,6 +55,7 @@ def test_bad_params_name_the_key(tmp_path, mutate, message):
     assert str(path) in str(exc.value)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_key_in_one_line(tmp_path):
     path = _write(tmp_path, lambda d: d["prepare"].update(seeed=3))
     proc = subprocess.run(["detoxrl", "prepare", "--params", str(path)], capture_output=True, text=True,

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import cli_env
 
@@ -24,8 +25,13 @@ def repo(smoke_workspace) -> Path:
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_workspace):
-    out = smoke_workspace.first_repro  # the `dvc repro` that built every stage
+@pytest.mark.xdist_group("packaged")
+def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(packaged_smoke_workspace):
+    """The smoke profile as a user applies it, on the real packaged SmolLM2-135M: every stage runs on it."""
+    repo = packaged_smoke_workspace.path
+    out = packaged_smoke_workspace.first_repro  # the `dvc repro` that built every stage
+    prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
+    assert prov["source"] == "packaged:smollm2-135m-instruct" and prov["parameters"] > 100_000_000
     for stage in ("base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo", "pref_eval",
                   "generate@base", "generate@sft",
                   "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
@@ -132,6 +138,33 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
+def test_editing_one_module_changes_exactly_the_stages_whose_code_runs_it(repo):
+    """An edit to training/lm_head.py (the CPU loss path of SFT and DPO): `dvc status` lists exactly the stages whose
+    import closure holds it (tests/test_stage_deps.py checks those closures against the source)."""
+    from detoxrl.stage_code import stage_closures
+
+    module = "src/detoxrl/training/lm_head.py"
+    runs, _, _ = stage_closures(repo)
+    assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]  # every stage, foreach ones as name@key
+    expected = {s for s in stages if module in runs[s.split("@")[0]]}
+    assert {"sft", "dpo", "dpo_feedback@rlaif"} <= expected and "ppo" not in expected
+    path = repo / module
+    before = path.read_text()
+    path.write_text(before + "\n# an edit\n")
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo))
+        assert set(status) == expected, sorted(set(status) ^ expected)
+        for stage in expected:
+            assert status[stage] == [{"changed deps": {module: "modified"}}], (stage, status[stage])
+    finally:
+        path.write_text(before)
+    assert "up to date" in run(["dvc", "status"], repo)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
 def test_changed_prepare_param_changes_prepare_alone_and_never_base_model(repo):
     """DVC's planner, asked without training anything: `dvc status` names prepare alone (its param changed), and
     `dvc repro --dry` would run prepare but not base_model, which is upstream of it."""
@@ -150,6 +183,7 @@ def test_changed_prepare_param_changes_prepare_alone_and_never_base_model(repo):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -3,6 +3,8 @@
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import ROOT, SHARED, cli_env
 
 
@@ -20,6 +22,7 @@ def pull_raw(repo):
     return subprocess.run(["detoxrl", "pull-raw"], cwd=repo, env=cli_env(), capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_without_the_team_remote_setup_says_what_it_tried_and_the_ways_on(tmp_path):
     repo = clone_without_remote(tmp_path)
     proc = pull_raw(repo)
@@ -32,6 +35,7 @@ def test_without_the_team_remote_setup_says_what_it_tried_and_the_ways_on(tmp_pa
     assert not any((repo / "data/raw").rglob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_with_a_reachable_remote_it_pulls_the_raw_files(tmp_path):
     repo = clone_without_remote(tmp_path)
     subprocess.run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], cwd=repo,

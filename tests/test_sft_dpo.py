@@ -120,6 +120,7 @@ def test_lora_adapter_and_merged_model_reload_to_the_same_generations(tiny_dir, 
     assert json.loads((tmp_path / "m2.json").read_text())["merged"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_qlora_without_cuda_stops_before_training_with_one_sentence(stage, tmp_path):

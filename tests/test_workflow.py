@@ -25,7 +25,7 @@ import yaml
 
 from conftest import GIT_ID, ROOT, SmokeWorkspace, cli_env, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]  # one worker holds the smoke workspace
 
 PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "chat_eval@ppo", "human_eval", "report"}
 DPO_CHAIN = {"dpo", "pref_eval", "generate@dpo", "evaluate@dpo", "report"}
