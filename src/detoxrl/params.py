@@ -142,8 +142,8 @@ class RawDataParams(Strict):
 
 class DetoxifyParams(Strict):
     model: str
-    """original | unbiased | multilingual (weights download on first use: needs the network) or a local checkpoint path
-    original | unbiased | multilingual (weights download on first use: needs the network) or a local checkpoint path"""
+    """original | unbiased | multilingual (weights download on first use: needs the network) or a local
+    checkpoint path"""
     batch_size: PositiveInt
     """texts per forward pass"""
 
@@ -276,8 +276,8 @@ class EvaluateParams(Strict):
     thinking_delimiter: str | None
     """reasoning models: text before it is thinking, after it the answer"""
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
-    """tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR; the worst ceil(fraction * n) prompts)
-    tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR; the worst ceil(fraction * n) prompts)"""
+    """tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR; the worst ceil(fraction * n)
+    prompts)"""
 
 
 class FilterSourceParams(Strict):
@@ -438,8 +438,8 @@ class ReportParams(Strict):
     compare: list[str]
     """further reference models: each other model is also paired against these (e.g. sft)"""
     experiments: dict[str, str]
-    """committed experiments (experiments/dvc.yaml) shown where their results exist: name -> the model it is paired with
-    committed experiments (experiments/dvc.yaml) shown where their results exist: name -> the model it is paired with"""
+    """committed experiments (experiments/dvc.yaml) shown where their results exist: name -> the model it is
+    paired with"""
 
 
 class LoraParams(Strict):
@@ -648,7 +648,7 @@ class PPOParams(Strict):
     steps: PositiveInt
     """PPO iterations: a rollout batch, then `epochs` passes over it"""
     batch_size: PositiveInt
-    """responses per rollout"""
+    """responses per rollout (a multiple of samples_per_prompt)"""
     samples_per_prompt: PositiveInt
     """responses sampled per prompt (batch_size / this = prompts per rollout)"""
     minibatch_size: PositiveInt
