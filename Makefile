@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make setup && make repro   set up on a fresh machine (venv, runtime deps, dvc pull) and run the pipeline
-#   make test                  install the test tools (requirements-test.txt) and run the tests
+#   make test                  install the test tools (requirements-test.txt, requirements-docs.txt), build the
+#                              docs site strictly (make docs) and run the tests
 #                              (CI runs `make setup` and `make test`: .ci/run)
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-deps
+.PHONY: setup repro test test-deps docs
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +35,13 @@ repro:
 	$(BIN)/dvc repro
 
 test-deps:
-	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q -r requirements-test.txt -r requirements-docs.txt
+
+# The docs site, built offline and strictly (a broken link or a page missing from the nav fails it): build/site/.
+# `detoxrl docs` regenerates the pages that come from committed files; `tests/test_docs.py` fails when they are stale.
+docs:
+	$(BIN)/mkdocs build --strict -d build/site
 
 # pytest exits 5 when it collects no test; that case says so and is not an error of the run.
-test: test-deps
+test: test-deps docs
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
