@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make setup && make repro   set up on a fresh machine (venv, runtime deps, dvc pull) and run the pipeline
-#   make test                  install the test tools (requirements-test.txt), ruff, then every test, the end-to-end
+#   make test                  install the test tools (requirements-test/-docs.txt), ruff, the docs site built
+#                              strictly (make docs), then every test, the end-to-end
 #                              DVC pipeline tests included (CI runs `make setup` and `make test`: .ci/run)
 #   make test-fast             the edit loop: every test that runs no pipeline and launches no process
 
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast test-deps lint
+.PHONY: setup repro test test-fast test-deps lint docs
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +36,12 @@ repro:
 	$(BIN)/dvc repro
 
 test-deps:
-	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q -r requirements-test.txt -r requirements-docs.txt
+
+# The docs site, built offline and strictly (a broken link or a page missing from the nav fails it): build/site/.
+# `detoxrl docs` regenerates the pages that come from committed files; `tests/test_docs.py` fails when they are stale.
+docs:
+	$(BIN)/mkdocs build --strict -d build/site
 
 lint: test-deps
 	$(BIN)/ruff check .
@@ -45,7 +51,7 @@ PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; e
 
 # Two pytest-xdist workers (2 cores); `--dist loadgroup` keeps the tests that share a smoke workspace
 # (xdist_group "smoke") on one worker, so the workspace is built once. --durations: where the time goes.
-test: test-deps lint
+test: test-deps lint docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25; $(PYTEST_RC)
 
 # The tests that run no pipeline and launch no process (tests/conftest.py fails one that starts a process here).

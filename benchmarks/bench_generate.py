@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common import matmul_peak_flops
+from common import matmul_peak_flops, write_results
 from detoxrl.evaluation.generate import sample_continuations
 from detoxrl.io import read_jsonl
 from detoxrl.models.load import load_for_inference
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="16,64,128")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--out", help="results file (default: benchmarks/results/bench_generate.json)")
     args = ap.parse_args()
 
     model, tok = load_for_inference(args.model, args.model)
@@ -39,8 +40,10 @@ def main() -> None:
     limit = peak / (2 * n_params)
     print(f"threads={torch.get_num_threads()} params={n_params:,} matmul peak={peak / 1e9:.1f} GFLOP/s "
           f"-> limit {limit:.0f} tokens/s")
+    results = {"parameters": n_params, "matmul_peak_gflops": peak / 1e9, "limit_tokens_per_s": limit, "batches": {}}
     for bs in (int(b) for b in args.batch_sizes.split(",")):
-        print(f"batch={bs:4d}: the linear layers alone reach {linears_rate(model, bs) / limit:.0%} of the limit")
+        linears = linears_rate(model, bs) / limit
+        print(f"batch={bs:4d}: the linear layers alone reach {linears:.0%} of the limit")
         params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=args.k,
                                 max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9, seed=0, batch_size=bs)
         sample_continuations(model, tok, texts[: max(1, bs // args.k)], params, progress=False)  # warm-up
@@ -54,6 +57,10 @@ def main() -> None:
         print(f"batch={bs:4d}: {tokens} tokens in {dt:.1f}s = {rate:.0f} tokens/s, "
               f"ratio to FLOP limit {rate / limit:.0%}; plain HF generate {hf_rate:.0f} tokens/s "
               f"({hf_rate / limit:.0%}), ours/HF = {rate / hf_rate:.2f}x")
+        results["batches"][str(bs)] = {"tokens_per_s": rate, "ratio_to_limit": rate / limit,
+                                       "hf_generate_tokens_per_s": hf_rate, "ratio_to_hf_generate": rate / hf_rate,
+                                       "linears_alone_ratio_to_limit": linears}
+    write_results("bench_generate", results, args.out)
 
 
 def linears_rate(model, rows: int, reps: int = 5) -> float:

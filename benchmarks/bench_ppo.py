@@ -111,7 +111,7 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str
         return steps * 16 / sum(timer.seconds)
 
 
-def data_parallel(processes: list[int], steps: int, tokens: int) -> None:
+def data_parallel(processes: list[int], steps: int, tokens: int) -> dict:
     """samples/s of PPO under N CPU processes of one thread each, launched as a user would."""
     import os
     import subprocess
@@ -131,6 +131,9 @@ def data_parallel(processes: list[int], steps: int, tokens: int) -> None:
             rates[n] = float(out.read_text())
         print(f"data parallel: {n} process(es) x 1 thread: PPO {rates[n]:.2f} samples/s, "
               f"{rates[n] / rates[processes[0]]:.2f}x of {processes[0]} (ideal {n / processes[0]:.0f}x)", flush=True)
+    return {"steps": steps, "tokens": tokens, "precision": "fp32", "threads_per_process": 1,
+            "processes": {str(n): {"samples_per_s": rates[n], "speedup": rates[n] / rates[processes[0]]}
+                          for n in processes}}
 
 
 def worker(out: Path, steps: int, tokens: int) -> None:
@@ -151,6 +154,8 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=4,
                     help="PPO responses per prompt: 4 gives GRPO's batch shape (4 prompts x 4), 1 is 16 prompts x 1")
     ap.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast), applied to both loops")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/bench_ppo.json, "
+                                  "bench_ppo-processes.json with --processes)")
     args = ap.parse_args()
     if args.worker:
         return worker(Path(args.worker), args.steps, args.tokens)
@@ -163,8 +168,14 @@ def main() -> None:
     # ratios from CPUs of other kinds differ: bf16 autocast is native on AVX512-BF16/AMX, emulated (slow) elsewhere
     print(f"machine: {hardware.cpu_kind(caps)}; bf16: {hardware.native_bf16(caps)[1]}; "
           f"ppo.mixed_precision auto -> {hardware.resolve_precision('auto', caps)[0]}", flush=True)
+    from common import write_results
+
     if args.processes:
-        return data_parallel([int(n) for n in args.processes.split(",")], args.steps, args.tokens)
+        results = data_parallel([int(n) for n in args.processes.split(",")], args.steps, args.tokens)
+        write_results("bench_ppo-processes", results, args.out)
+        return
+    results = {"steps": args.steps, "tokens": args.tokens, "per_prompt": args.per_prompt,
+               "auto_precision": hardware.resolve_precision("auto", caps)[0], "runs": {}}
 
     for precision in args.precision.split(","):
         for passes in (int(x) for x in args.passes.split(",")):
@@ -174,6 +185,9 @@ def main() -> None:
             grpo = run_grpo(args.steps, passes, args.tokens, prompts, precision)
             print(f"{precision} passes={passes}: PPO {ppo:.2f} samples/s, GRPO {grpo:.2f} samples/s, "
                   f"PPO/GRPO = {ppo / grpo:.2f}x", flush=True)
+            results["runs"][f"{precision}_passes{passes}"] = {"ppo_samples_per_s": ppo, "grpo_samples_per_s": grpo,
+                                                              "ppo_over_grpo": ppo / grpo}
+    write_results("bench_ppo", results, args.out)
 
 
 if __name__ == "__main__":

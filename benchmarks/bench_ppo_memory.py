@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3, help="PPO steps (memory peaks in the first one)")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/bench_ppo_memory.json)")
     args = ap.parse_args()
 
     from detoxrl.evaluation.generate import format_prompt
@@ -34,6 +35,11 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"PPO stage ({ppo.mixed_precision}, reward {p.ppo.reward.source}, batch {ppo.batch_size}, "
           f"{ppo.max_new_tokens} tokens): peak resident memory {peak:.2f} GiB")
+    from common import write_results
+
+    write_results("bench_ppo_memory", {"peak_rss_gib": peak, "steps": args.steps, "mixed_precision":
+                                       ppo.mixed_precision, "reward": p.ppo.reward.source,
+                                       "batch_size": ppo.batch_size, "max_new_tokens": ppo.max_new_tokens}, args.out)
 
 
 if __name__ == "__main__":

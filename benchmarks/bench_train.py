@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from common import matmul_peak_flops
+from common import matmul_peak_flops, write_results
 from detoxrl.params import load_params
 
 
@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--stages", default="sft,dpo,reward_model")
     ap.add_argument("--compiled", action="store_true")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/bench_train.json)")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -115,15 +116,22 @@ def main() -> None:
           f"-> 4N limit {limit:.0f} tokens/s")
     raw = raw_lora_rate("models/base")
     print(f"raw LoRA step (256 tokens): {raw:.0f} tokens/s = {raw / limit:.0%} of the 4N limit")
+    results = {"parameters": n, "matmul_peak_gflops": peak / 1e9, "limit_4n_tokens_per_s": limit,
+               "raw_lora_step": {"tokens_per_s": raw, "ratio_to_4n": raw / limit}, "stages": {}}
     if args.compiled:
         fused = raw_lora_rate("models/base", compiled=True)
         print(f"raw LoRA step under torch.compile: {fused:.0f} tokens/s = {fused / limit:.0%} of the 4N limit")
+        results["raw_lora_step_compiled"] = {"tokens_per_s": fused, "ratio_to_4n": fused / limit}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in filter(None, args.stages.split(",")):
             rate = run_stage(stage, args.steps, Path(tmp))
             extra = f", {rate / (peak / (6 * n)):.0%} of 6N (with the reference forward)" if stage == "dpo" else ""
             print(f"{stage}: {rate:.0f} tokens/s = {rate / limit:.0%} of the 4N limit{extra}; "
                   f"{rate / raw:.0%} of the raw LoRA step")
+            results["stages"][stage] = {"tokens_per_s": rate, "ratio_to_4n": rate / limit,
+                                        "ratio_to_raw_step": rate / raw,
+                                        **({"ratio_to_6n": rate / (peak / (6 * n))} if stage == "dpo" else {})}
+    write_results("bench_train", results, args.out)
 
 
 if __name__ == "__main__":

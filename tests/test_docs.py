@@ -1,0 +1,160 @@
+"""The docs: every generated page and block is what the generator writes now from the committed files, every
+params.yaml key has a description in the schema, and the built site renders in headless Chromium with every
+internal link resolving. Only the browser test launches a process (slow); the rest call the generator in-process."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from detoxrl import DetoxError, cli, docs_gen
+
+# What the generator reads and writes, copied into a scratch repo for the tests that change something.
+DOCS_INPUTS = ["README.md", "docs", "metrics", "reports", "dvc.yaml", "experiments", "params.yaml", "benchmarks"]
+
+
+@pytest.fixture
+def scratch_repo(tmp_path) -> Path:
+    for rel in DOCS_INPUTS:
+        src, dst = ROOT / rel, tmp_path / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    return tmp_path
+
+
+def test_committed_generated_docs_are_current():
+    """The committed pages and the README's generated block equal what `detoxrl docs` writes from the committed
+    metrics, dvc.yaml, params.yaml and schema (after a pipeline run or a params change: `detoxrl docs`)."""
+    assert docs_gen.stale(ROOT) == [], "stale generated docs: run `detoxrl docs` and commit them"
+
+
+def test_readme_carries_the_generated_result_table_and_stays_short():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = docs_gen.BLOCK.search(text)
+    assert block and block.group("name") == "results" and "| ppo |" in block.group("body")
+    assert len(text.encode()) <= 12 * 1024
+
+
+def test_check_fails_naming_the_stale_file(scratch_repo, monkeypatch, capsys):
+    monkeypatch.chdir(scratch_repo)
+    monkeypatch.setattr(sys, "argv", ["detoxrl", "docs", "--check"])
+    with pytest.raises(SystemExit) as exit_:  # `main` is what the console script runs
+        cli.main()
+    assert exit_.value.code in (0, None)
+
+    readme = scratch_repo / "README.md"
+    readme.write_text(readme.read_text().replace("| ppo | 0.", "| ppo | 9."), encoding="utf-8")
+    (scratch_repo / "docs" / "reference" / "params.md").write_text("edited by hand\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "README.md" in err and "docs/reference/params.md" in err and "docs/results.md" not in err
+
+    assert sorted(docs_gen.write(scratch_repo)) == ["README.md", "docs/reference/params.md"]
+    assert docs_gen.stale(scratch_repo) == []
+
+
+def test_a_changed_metric_changes_the_pages_that_quote_it(scratch_repo):
+    import json
+
+    path = scratch_repo / "metrics" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["models"]["ppo"]["expected_max_toxicity"]["value"] = 0.123456
+    path.write_text(json.dumps(summary))
+    stale = docs_gen.stale(scratch_repo)
+    assert "README.md" in stale and "docs/results.md" in stale and "docs/index.md" in stale
+    assert "| ppo | 0.123 [" in docs_gen.render(scratch_repo)["README.md"]
+
+
+def test_every_params_yaml_key_has_a_description_in_the_schema():
+    values = yaml.safe_load((ROOT / "params.yaml").read_text())
+    keys = docs_gen.params_yaml_keys(values)
+    assert len(keys) > 250 and "ppo.kl.coef" in keys and "filters.sft_filtered.source" in keys
+    missing = [k for k in keys if not docs_gen.param_description(k)]
+    assert missing == [], f"params.yaml keys without a description in src/detoxrl/params.py: {missing}"
+    # and every field of the schema, including those no params.yaml value reaches (mapping entries' fields)
+    assert [k for k, _, d in docs_gen.schema_rows() if not d] == []
+
+
+def test_params_reference_lists_every_key_with_type_value_and_range():
+    page = docs_gen.params_page(ROOT)
+    values = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, _, _ in docs_gen.schema_rows():  # a section (top-level key) is a heading, or a row when it is a value
+        assert f"| `{key}` |" in page or ("." not in key and f"## `{key}`" in page), key
+    assert "| `ppo.kl.coef` | float | `0.05` | ≥ 0 |" in page
+    assert "| `generate.top_p` | float | `0.9` | > 0, ≤ 1 |" in page
+    assert f"`{values['evaluate']['judge']}`" in page and "`perspective_distilled`, `chat_distilled`" in page
+
+
+def test_every_stage_needs_a_note_and_the_pipeline_page_lists_each(scratch_repo):
+    page = docs_gen.pipeline_page(ROOT)
+    for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
+        assert f"### `{name}" in page, name
+    notes = scratch_repo / "docs" / "stages.yaml"
+    notes.write_text(notes.read_text().replace("\nppo: >-", "\nnot_ppo: >-"))
+    with pytest.raises(DetoxError, match=r"no description of stage\(s\) ppo"):
+        docs_gen.pipeline_page(scratch_repo)
+
+
+def test_benchmark_results_are_rendered_with_machine_and_command(scratch_repo, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.setattr(sys, "argv", ["bench_ppo_memory.py", "--steps", "1"])
+    try:
+        import common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = scratch_repo / "benchmarks" / "results" / "bench_ppo_memory.json"
+    common.write_results("bench_ppo_memory", {"peak_rss_gib": 1.5}, str(out))
+    block = docs_gen.benchmarks_block(scratch_repo)
+    assert "`python benchmarks/bench_ppo_memory.py --steps 1`" in block and "| `peak_rss_gib` | 1.5 |" in block
+    assert "No committed result yet:" in block and "`benchmarks/bench_ppo_memory.py`" not in block.split("yet:")[1]
+
+
+def _internal_links_resolve(page, site: Path) -> tuple[int, list[str]]:
+    """(internal links checked, each that does not land on an existing page or an existing anchor there)."""
+    bad, checked = [], 0
+    for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)"):
+        url = urlparse(href)
+        if url.scheme != "file":
+            continue
+        checked += 1
+        target = Path(unquote(url.path))
+        if target.is_dir():
+            target = target / "index.html"
+        inside = target.exists() and site.resolve() in target.resolve().parents
+        anchor_ok = not url.fragment or f'id="{unquote(url.fragment)}"' in target.read_text(encoding="utf-8")
+        if not inside or not anchor_ok:
+            bad.append(href)
+    return checked, bad
+
+
+@pytest.mark.slow
+def test_built_site_renders_and_its_internal_links_resolve(tmp_path):
+    from browser import browser
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    site = tmp_path / "site"
+    build(load_config(str(ROOT / "mkdocs.yml"), site_dir=str(site), strict=True))
+    pages = {"index.html": ("detoxrl", "detoxrl"), "reference/params.html": ("Params reference", "Params reference"),
+             "results.html": ("Results - detoxrl", "Results on the default profile")}  # (title, h1)
+    with browser() as b:
+        page = b.new_page()
+        for rel, (title, heading) in pages.items():
+            page.goto((site / rel).as_uri())
+            assert title in page.title(), (rel, page.title())
+            article = page.locator("article")
+            assert heading in article.locator("h1").first.inner_text()
+            assert len(article.inner_text()) > 1000, rel
+            assert page.locator("article table").count() >= 1, rel
+            checked, bad = _internal_links_resolve(page, site)
+            assert checked >= 10 and bad == [], (rel, checked, bad)
