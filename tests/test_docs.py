@@ -158,3 +158,69 @@ def test_built_site_renders_and_its_internal_links_resolve(tmp_path):
             assert page.locator("article table").count() >= 1, rel
             checked, bad = _internal_links_resolve(page, site)
             assert checked >= 10 and bad == [], (rel, checked, bad)
+
+
+def _code(text: str) -> list[str]:
+    """params.yaml's lines without their end-of-line comments (comment-only lines dropped)."""
+    out = []
+    for line in text.split("\n"):
+        m = docs_gen._KEY_LINE.match(line)
+        if m:
+            line = line[:m.end()] + docs_gen._split_comment(line[m.end():])[0]
+        if line.strip() and not line.strip().startswith("#"):
+            out.append(line.rstrip())
+    return out
+
+
+def test_params_yaml_comments_come_from_the_schema(scratch_repo):
+    """Each schema field's end-of-line comment in params.yaml is its description in params.py: a comment edited by
+    hand is named stale by the check, and `detoxrl docs` puts the schema's text back."""
+    path = scratch_repo / "params.yaml"
+    committed = path.read_text(encoding="utf-8")
+    coef = docs_gen.param_description("ppo.kl.coef")
+    assert f"    coef: 0.05              # {coef}\n" in committed
+    # a field without a hand comment got one too (lam); user-data entries (models:) and full-line comments are as
+    # written by hand
+    assert "  lam: 0.95                 # GAE lambda\n" in committed and "  base: models/base\n" in committed
+    assert "  dpo_rlaif: models/dpo_rlaif  # DPO on on-policy pairs" in committed
+    assert "\n  # human: {init: models/sft, train: data/feedback/human_pairs.jsonl" in committed
+    assert "\n  # dpo_human: models/dpo_human            # with human labels" in committed
+
+    path.write_text(committed.replace(f"# {coef}", "# my own words", 1)
+                    .replace("  lam: 0.95                 # GAE lambda", "  lam: 0.95", 1), encoding="utf-8")
+    assert docs_gen.stale(scratch_repo) == ["params.yaml"]
+    assert docs_gen.write(scratch_repo) == ["params.yaml"]
+    assert path.read_text(encoding="utf-8") == committed and docs_gen.stale(scratch_repo) == []
+
+    # a description too long for the line is cut at a clause boundary, nothing added
+    line = next(x for x in committed.split("\n") if x.startswith("  checkpoint_every:"))
+    full = docs_gen.param_description("ppo.checkpoint_every")
+    comment = line.split("# ", 1)[1]
+    assert len(line) <= docs_gen.LINE_WIDTH and full.startswith(comment) and full[len(comment)] in ";."
+
+
+def test_regenerating_params_yaml_comments_changes_no_value(scratch_repo):
+    """The rewrite touches comments only: the same YAML data, the same lines apart from end-of-line comments (a `#`
+    inside a quoted value is no comment), full-line comments kept; and a profile-applied params.yaml (ruamel's
+    output) still goes through it."""
+    from detoxrl.params import apply_profile
+
+    committed = (scratch_repo / "params.yaml").read_text(encoding="utf-8")
+    bare = "\n".join(line.split("  #")[0].rstrip() if not line.lstrip().startswith("#") and '"' not in line
+                     else line for line in committed.split("\n")
+                     if not line.startswith(" " * docs_gen.COMMENT_COLUMN + "#"))  # end-of-line comments removed
+    bare = bare.replace('chat_instruction: "Continue the following text."', 'chat_instruction: "Go on # here"')
+    out = docs_gen.params_yaml_comments(bare)
+    assert yaml.safe_load(out) == yaml.safe_load(bare) and _code(out) == _code(bare)
+    assert yaml.safe_load(out)["generate"]["chat_instruction"] == "Go on # here"
+    full_line = [x for x in bare.split("\n") if x.lstrip().startswith("#")]
+    assert [x for x in out.split("\n") if x in full_line] == full_line
+    assert docs_gen.params_yaml_comments(committed) == committed  # the committed file is what it generates
+
+    path = scratch_repo / "params.yaml"
+    apply_profile(path, ROOT / "profiles" / "smoke.yaml")
+    profiled = path.read_text(encoding="utf-8")
+    assert yaml.safe_load(docs_gen.params_yaml_comments(profiled)) == yaml.safe_load(profiled)
+
+    with pytest.raises(DetoxError, match=r"params.yaml:2: not a `key: value` line"):
+        docs_gen.params_yaml_comments("prepare:\n? complex key\n")

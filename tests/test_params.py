@@ -70,7 +70,7 @@ def test_profile_merge_keeps_comments_and_validates(tmp_path):
     shutil.copy(ROOT / "params.yaml", target)
     apply_profile(target, ROOT / "profiles" / "smoke.yaml")
     text = target.read_text()
-    assert "# held-out eval prompts from the challenging subset" in text
+    assert "# held-out eval prompts drawn from the challenging subset" in text  # the comments (from the schema) kept
     merged = load_params(target)
     smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
     assert merged.prepare.hh.max_pairs == smoke["prepare"]["hh"]["max_pairs"]

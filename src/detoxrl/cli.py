@@ -665,7 +665,8 @@ def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"
 
 @app.command("docs")
 def docs_cmd(check: bool = typer.Option(False, "--check", help="Write nothing; fail naming each stale file.")):
-    """Write the generated docs (results, pipeline and params pages, README's result table) from committed files."""
+    """Write the generated docs (results, pipeline and params pages, README's result table) from committed files, and
+    params.yaml's end-of-line comments from the schema's descriptions."""
     from .docs_gen import stale, write  # not a stage's import: no stage depends on the docs generator
 
     root = Path.cwd()

