@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from detoxrl import DetoxError
-from detoxrl.params import apply_profile, load_params
+from detoxrl.params import load_params
+from detoxrl.profiles import apply_profile, resolve_chain
 
 from conftest import ROOT, cli_env
 
@@ -21,11 +22,12 @@ def _write(tmp_path, mutate):
 def test_committed_params_and_profiles_are_valid(tmp_path):
     params = load_params(ROOT / "params.yaml")
     assert params.base_model.source == "packaged:smollm2-135m-instruct"
-    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
+    assert params.profiles == []
+    for profile in sorted((ROOT / "profiles").glob("*.yaml")):  # each chain (`extends:` resolved), base first
         target = tmp_path / f"{profile.stem}.yaml"
         shutil.copy(ROOT / "params.yaml", target)
-        apply_profile(target, profile)
-        load_params(target)
+        apply_profile(target, profile, committed=None)
+        assert load_params(target).profiles == [p.path.name for p in resolve_chain(profile)]
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_cli_reports_bad_key_in_one_line(tmp_path):
 def test_profile_merge_keeps_comments_and_validates(tmp_path):
     target = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", target)
-    apply_profile(target, ROOT / "profiles" / "smoke.yaml")
+    apply_profile(target, ROOT / "profiles" / "smoke.yaml", committed=None)
     text = target.read_text()
     assert "# held-out eval prompts drawn from the challenging subset" in text  # the comments (from the schema) kept
     merged = load_params(target)
@@ -80,8 +82,8 @@ def test_profile_merge_keeps_comments_and_validates(tmp_path):
     bad.write_text("prepare:\n  rtp:\n    eval_nontoxic: -5\n")
     before = target.read_text()
     with pytest.raises(DetoxError, match=r"prepare\.rtp\.eval_nontoxic"):
-        apply_profile(target, bad)
+        apply_profile(target, bad, committed=None)
     assert target.read_text() == before  # nothing half-written
     bad.write_text("prepare:\n  nope: 1\n")
     with pytest.raises(DetoxError, match=r"prepare\.nope: unknown key"):
-        apply_profile(target, bad)
+        apply_profile(target, bad, committed=None)

@@ -101,7 +101,7 @@ def sft(
 
     p = _params(params)
     launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
-    m = train_sft(base, data, out, metrics, plots, p.sft)
+    m = train_sft(base, data, out, metrics, plots, p.sft, profiles=p.profiles)
     if launch.rank() == 0:
         typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
 
@@ -125,7 +125,7 @@ def dpo(
     if block not in ("dpo", "dpo_feedback"):
         raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
     launch.relaunch(p.compute)
-    m = train_dpo(sft_model, base, train, val, out, metrics, plots, getattr(p, block))
+    m = train_dpo(sft_model, base, train, val, out, metrics, plots, getattr(p, block), profiles=p.profiles)
     v = m["validation"]
     if launch.rank() == 0:
         typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
@@ -163,7 +163,7 @@ def reward_model(
 
     p = _params(params)
     launch.relaunch(p.compute)
-    m = train_reward_model(base, train, val, out, metrics, plots, p.reward_model)
+    m = train_reward_model(base, train, val, out, metrics, plots, p.reward_model, profiles=p.profiles)
     if launch.rank() == 0:
         typer.echo(f"reward_model: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation accuracy "
                    f"{m['validation'].get('accuracy', float('nan')):.3f} -> {out}")
@@ -334,7 +334,7 @@ def pref_gen_cmd(
     from .training.pref_gen import pref_gen
 
     p = _params(params)
-    m = pref_gen(sft_model, base, prompts, eval_prompts, out, metrics, p.pref_gen, p.generate)
+    m = pref_gen(sft_model, base, prompts, eval_prompts, out, metrics, p.pref_gen, p.generate, profiles=p.profiles)
     typer.echo(f"pref_gen: {m['ai']['prompts']} AI-pool and {m['human']['prompts']} human-pool prompts x {m['n']} "
                f"responses -> {out}")
 
@@ -513,7 +513,7 @@ def train_chat_judge_cmd(
     from .scoring.train_chat_judge import train_chat_judge
 
     p = _params(params)
-    m = train_chat_judge(data, p.judges.chat_dir, metrics, p.train_chat_judge)
+    m = train_chat_judge(data, p.judges.chat_dir, metrics, p.train_chat_judge, profiles=p.profiles)
     h = m["heldout"]
     typer.echo(f"chat judge: {m['data']['texts']} texts, cross-validated AUROC {h['auroc']:.3f}, AUPRC "
                f"{h['auprc']:.3f} (toxic rate {h['positive_rate']:.3f}) -> {p.judges.chat_dir}")
@@ -574,7 +574,8 @@ def ppo(
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out, metrics, plots,
                       Path(".cache/checkpoints") / out.name, ppo_params, reward,
                       lambda text, tok: format_prompt(text, tok, p.generate),
-                      reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()])
+                      reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()],
+                      profiles=p.profiles)
     if launch.rank() == 0:
         typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}"
                    + (f", CVaR alpha {final['cvar_alpha']:.2f}" if ppo_params.cvar.enabled else "") + f" -> {out}")
@@ -589,12 +590,17 @@ def check_params(params: Path = ParamsOpt):
 
 @app.command("use-profile")
 def use_profile(profile: Path = typer.Argument(..., help="A partial params file, e.g. profiles/smoke.yaml."),
-                params: Path = ParamsOpt):
-    """Merge a profile's overrides into params.yaml (validated first; comments kept)."""
-    from .params import apply_profile
+                params: Path = ParamsOpt,
+                force: bool = typer.Option(False, "--force", help="Apply over uncommitted changes to params.yaml.")):
+    """Merge a profile's overrides into params.yaml, after those of the profiles it `extends:`, base first
+    (validated first; comments kept; the chain recorded in `profiles:`). Refuses while params.yaml differs from git's
+    HEAD, unless --force."""
+    from .profiles import apply_profile  # not a stage's import: no stage depends on the profile code
 
-    apply_profile(params, profile)
-    typer.echo(f"{params}: applied {profile}")
+    applied = apply_profile(params, profile, force=force)
+    if applied.note:
+        typer.echo(applied.note)
+    typer.echo(f"{params}: applied {' then '.join(str(p) for p in applied.chain)}; profiles: {applied.recorded}")
 
 
 @app.command("check-repro")

@@ -114,14 +114,18 @@ def cpu_kind(caps: Capabilities) -> str:
     return f"{caps.arch}/{caps.vendor}/{caps.isa}" + ("+amx" if caps.amx else "+bf16" if caps.cpu_bf16 else "")
 
 
-def platform_record(caps: Capabilities, precision: str | None = None, reason: str | None = None) -> dict:
-    """What a stage writes beside its metrics: where it ran, and at which precision and why."""
+def platform_record(caps: Capabilities, precision: str | None = None, reason: str | None = None, *,
+                    profiles: list[str] | None = None) -> dict:
+    """What a stage writes beside its metrics: where it ran, at which precision and why, and the profile chain
+    params.yaml was made with (`profiles`, params.profiles: every stage passes it; [] = the committed defaults)."""
     record = {"device": caps.device, "cpu_kind": cpu_kind(caps)}
     if caps.gpu_name:
         record["gpu"] = caps.gpu_name
     if precision is not None:
         record["precision"] = precision
         record["precision_reason"] = reason
+    if profiles is not None:
+        record["profiles"] = list(profiles)
     return record
 
 

@@ -741,6 +741,10 @@ class ComputeParams(Strict):
 
 
 class Params(Strict):
+    profiles: list[str]
+    """the profile files `detoxrl use-profile` applied to this file, in order, base first (file names; each
+    chain's `extends:` resolved); written by use-profile, copied into every metrics file's platform record; [] = the
+    committed defaults"""
     raw_data: RawDataParams
     """where the raw files come from"""
     compute: ComputeParams
@@ -867,40 +871,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise DetoxError(_format_error(path, exc)) from None
-
-
-def apply_profile(params_path: str | Path, profile_path: str | Path) -> None:
-    """Deep-merge a profile (a partial params file) into params.yaml, keeping its comments.
-
-    The merged result is validated before anything is written.
-    """
-    from ruamel.yaml import YAML
-
-    params_path, profile_path = Path(params_path), Path(profile_path)
-    rt = YAML()
-    rt.preserve_quotes = True
-    doc = rt.load(params_path.read_text(encoding="utf-8"))
-    overrides = yaml.safe_load(profile_path.read_text(encoding="utf-8")) or {}
-
-    def merge(dst, src, prefix):
-        for key, value in src.items():
-            if key not in dst:
-                raise DetoxError(f"{profile_path}: {prefix}{key}: unknown key (not in {params_path})")
-            if isinstance(value, dict) and isinstance(dst[key], dict) and key != "sources":
-                merge(dst[key], value, f"{prefix}{key}.")
-            else:
-                dst[key] = value
-
-    merge(doc, overrides, "")
-    import io
-
-    buf = io.StringIO()
-    rt.dump(doc, buf)
-    try:
-        Params.model_validate(yaml.safe_load(buf.getvalue()))
-    except ValidationError as exc:
-        raise DetoxError(_format_error(profile_path, exc)) from None
-    from .io import atomic_file
-
-    with atomic_file(params_path) as fh:
-        fh.write(buf.getvalue())

@@ -108,7 +108,7 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
         "by_judge": {**by_judge, **{name: {"skipped": why} for name, why in skipped.items()}},
         "length": {"mean_tokens": float(np.mean([r["n_tokens"] for r in rows])),
                    "eos_rate": float(np.mean([r["eos"] for r in rows]))},
-        "platform": hardware.platform_record(hardware.detect()),
+        "platform": hardware.platform_record(hardware.detect(), profiles=params.profiles),
     }
     write_jsonl(answers_path, rows)
     write_json(metrics_path, result)

@@ -159,6 +159,7 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
                                            ev.ci_level, ev.seed),
         }
     write_jsonl(scores_path, scored)
-    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
+    # results reproduce exactly on one CPU kind; `profiles`: the profile chain params.yaml was made with
+    result["platform"] = hardware.platform_record(hardware.detect(), profiles=params.profiles)
     write_json(metrics_path, result)
     return result

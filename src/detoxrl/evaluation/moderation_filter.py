@@ -161,7 +161,7 @@ def moderation_filter(name: str, source: str, model_dir: str | Path, base_dir: s
         "kept_flagged": len(pending) if fp.on_exhausted == "keep_last" else 0,
         "resample_engine": "hf",
         "seconds": round(time.perf_counter() - start, 2),
-        "platform": hardware.platform_record(hardware.detect()),
+        "platform": hardware.platform_record(hardware.detect(), profiles=params.profiles),
     }
     write_json(metrics_path, result)
     return result

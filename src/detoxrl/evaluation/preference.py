@@ -81,6 +81,7 @@ def preference_accuracy(pairs_path: str | Path, base_dir: str | Path, metrics_pa
     reward = params.dpo.beta * (logps["dpo"][:, :, 0] - logps["sft"][:, :, 0])
     result["dpo_reward_accuracy"] = {**_accuracy(reward[:, 0], reward[:, 1], params), "beta": params.dpo.beta,
                                      "reference": "sft"}
-    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
+    # results reproduce exactly on one CPU kind; `profiles`: the profile chain params.yaml was made with
+    result["platform"] = hardware.platform_record(hardware.detect(), profiles=params.profiles)
     write_json(metrics_path, result)
     return result

@@ -123,7 +123,8 @@ def evaluate_reward_model(model_dir: str | Path, pairs_path: str | Path, metrics
                                   for name, s in scorers.items()}
         _plot_reward_bench(result["reward_bench"], Path(plots_dir))
     _plot(chosen, rejected, Path(plots_dir))
-    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
+    # results reproduce exactly on one CPU kind; `profiles`: the profile chain params.yaml was made with
+    result["platform"] = hardware.platform_record(hardware.detect(), profiles=params.profiles)
     write_json(metrics_path, result)
     return result
 

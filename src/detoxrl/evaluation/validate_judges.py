@@ -110,7 +110,8 @@ def validate_judges(prompts_path: str | Path, metrics_path: str | Path, params: 
                                                                         ev.ci_level, ev.seed)
     if plots_dir is not None:
         _reliability_plots(curves, Path(plots_dir))
-    result["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
+    # results reproduce exactly on one CPU kind; `profiles`: the profile chain params.yaml was made with
+    result["platform"] = hardware.platform_record(hardware.detect(), profiles=params.profiles)
     write_json(metrics_path, result)
     return result
 

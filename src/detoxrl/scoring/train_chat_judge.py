@@ -37,7 +37,7 @@ def label_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def train_chat_judge(train_path: str | Path, out_dir: str | Path, metrics_path: str | Path,
-                     p: TrainChatJudgeParams) -> dict:
+                     p: TrainChatJudgeParams, profiles: list[str] | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from .encoder import load_encoder
@@ -84,7 +84,7 @@ def train_chat_judge(train_path: str | Path, out_dir: str | Path, metrics_path: 
                     **label_metrics(labels, oof)},
         "calibration": {"target": "human toxic rate", "knots": len(calibrator.x)},
         "seconds": round(time.monotonic() - start, 1),
-        "platform": hardware.platform_record(hardware.detect()),
+        "platform": hardware.platform_record(hardware.detect(), profiles=profiles),
     }
     write_json(metrics_path, metrics)
     return metrics

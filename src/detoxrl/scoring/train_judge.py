@@ -161,6 +161,7 @@ def train_judge(rtp_dir: str | Path, eval_prompts_path: str | Path, out_dir: str
             metrics["calibration"][name] = {"version": version, "n_texts": len(raw), "knots": len(c.x)}
         save_calibrations(tmp / CALIBRATION_FILE, calibrators)
     metrics["seconds"] = {"encode": round(encode_s, 1), "total": round(time.monotonic() - start, 1)}
-    metrics["platform"] = hardware.platform_record(hardware.detect())  # results reproduce exactly on one CPU kind
+    # results reproduce exactly on one CPU kind; `profiles`: the profile chain params.yaml was made with
+    metrics["platform"] = hardware.platform_record(hardware.detect(), profiles=params.profiles)
     write_json(metrics_path, metrics)
     return metrics

@@ -52,14 +52,16 @@ def use_bf16(params: TrainParams, caps: hardware.Capabilities | None = None) -> 
     return precision == "bf16", why
 
 
-def platform(params: TrainParams, stage: str) -> dict:
-    """The platform record of a TRL stage's metrics; prints the precision decision once."""
+def platform(params: TrainParams, stage: str, profiles: list[str] | None = None) -> dict:
+    """The platform record of a TRL stage's metrics (`profiles`: params.profiles); prints the precision decision
+    once."""
     caps = hardware.detect()
     bf16, why = use_bf16(params, caps)
     state = hardware.process_state()
     if state.is_main_process:
         print(f"{stage}: {'bf16' if bf16 else 'fp32'} ({why}); {state.num_processes} process(es) on {state.device}")
-    return {**hardware.platform_record(caps, "bf16" if bf16 else "none", why), "processes": state.num_processes}
+    record = hardware.platform_record(caps, "bf16" if bf16 else "none", why, profiles=profiles)
+    return {**record, "processes": state.num_processes}
 
 
 def is_main() -> bool:

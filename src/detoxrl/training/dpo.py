@@ -54,7 +54,7 @@ def sft_model(sft_dir: Path, base_dir: Path, quant, scratch: Path):
 
 def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path, val_path: str | Path,
               out_dir: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: DPOParams,
-              callbacks=()) -> dict:
+              callbacks=(), profiles: list[str] | None = None) -> dict:
     from datasets import Dataset
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
@@ -69,7 +69,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
     judges_in_reward = sorted({r["grader"] for r in records if r.get("grader")} - {"reward_model"})
     val = [to_preference(r) for r in read_jsonl(val_path)][: params.eval_pairs]
     fp = common.fingerprint(params, [sft_dir, base_dir, train_path, val_path])
-    platform = common.platform(params, "dpo")  # prints the precision it runs at, and why
+    platform = common.platform(params, "dpo", profiles)  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, fp)
     model, tokenizer = sft_model(sft_dir, base_dir, quant, Path(params.checkpoint_dir))
 

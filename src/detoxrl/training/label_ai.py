@@ -89,7 +89,7 @@ def label_ai(pool_path: str | Path, out_dir: str | Path, metrics_path: str | Pat
                "dropped_below_margin": dropped_margin, "min_margin": p.min_margin, "graders": p.graders,
                "grader_queries": int(len(flat_responses) * len(p.graders)), "agreement": agreement,
                "seconds": round(time.monotonic() - start, 1),
-               "platform": hardware.platform_record(hardware.detect())}
+               "platform": hardware.platform_record(hardware.detect(), profiles=params.profiles)}
     if llm is not None:
         metrics["llm"] = llm.counts()
     write_json(metrics_path, metrics)

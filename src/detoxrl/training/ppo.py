@@ -318,12 +318,14 @@ STAT_KEYS = ("reward/score_mean", "reward/score_std", "reward/non_score", "objec
 
 def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_dir: str | Path,
               metrics_path: str | Path, plots_dir: str | Path, checkpoint_dir: str | Path, params,
-              reward, prompt_format, progress: bool = True, reward_inputs: tuple = ()) -> dict:
+              reward, prompt_format, progress: bool = True, reward_inputs: tuple = (),
+              profiles: list[str] | None = None) -> dict:
     """Run PPO from the SFT model; write the merged policy to out_dir and final stats to metrics_path.
 
     `reward` is a RewardSource; `prompt_format(text, tokenizer) -> str` builds the model input for
     an RTP prompt, the same way evaluation does. `reward_inputs`: the files/dirs the reward reads
     (a trained RM, a judge), part of the fingerprint that decides whether a checkpoint may be resumed.
+    `profiles`: params.profiles, for the metrics' platform record.
 
     Under `accelerate launch` with N processes (data parallel), each process samples and scores its own
     batch_size / N responses to its own prompts; gradients are averaged by DDP; only the main process writes
@@ -502,7 +504,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     accelerator.wait_for_everyone()
     final = {"steps": p.steps, "reward_source": reward.name, "judges_in_reward": reward.judges,
              **{k.replace("/", "_"): v for k, v in stats.items()},
-             "processes": procs.world, "platform": hardware.platform_record(caps, precision, why)}
+             "processes": procs.world, "platform": hardware.platform_record(caps, precision, why, profiles=profiles)}
     if main:
         live.end()
         merged = unwrapped.policy.merge_and_unload()

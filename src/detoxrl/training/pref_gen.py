@@ -38,7 +38,8 @@ def draw_pools(prompts: list[dict], eval_prompts: list[dict], n_ai: int, n_human
 
 
 def pref_gen(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, eval_prompts_path: str | Path,
-             out_dir: str | Path, metrics_path: str | Path, p: PrefGenParams, gen: GenerateParams) -> dict:
+             out_dir: str | Path, metrics_path: str | Path, p: PrefGenParams, gen: GenerateParams,
+             profiles: list[str] | None = None) -> dict:
     from ..evaluation.generate import format_prompt, sample_continuations
     from ..models.load import load_for_inference
 
@@ -57,6 +58,6 @@ def pref_gen(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Path
                       "responses": [s["text"] for s in ss]} for r, ss in zip(records, samples)])
         counts[pool] = {"prompts": len(records), "responses": len(records) * p.n}
     metrics = {**counts, "n": p.n, "model": str(sft_dir), "seconds": round(time.monotonic() - start, 1),
-               "platform": hardware.platform_record(hardware.detect())}
+               "platform": hardware.platform_record(hardware.detect(), profiles=profiles)}
     write_json(metrics_path, metrics)
     return metrics

@@ -71,7 +71,7 @@ def load_backbone(path: str, is_hub: bool, tokenizer, quant, params: RewardModel
 
 def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: str | Path, out_dir: str | Path,
                        metrics_path: str | Path, plots_dir: str | Path, params: RewardModelParams,
-                       callbacks=()) -> dict:
+                       callbacks=(), profiles: list[str] | None = None) -> dict:
     from datasets import Dataset
     from transformers import AutoConfig, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
@@ -97,7 +97,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
 
     train, val = read_jsonl(train_path), read_jsonl(val_path)[: params.eval_pairs]
     inputs = [train_path, val_path] + ([] if is_hub else [path])
-    platform = common.platform(params, "reward_model")  # prints the precision it runs at, and why
+    platform = common.platform(params, "reward_model", profiles)  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, inputs))
     set_seed(params.seed)  # the new scalar head is drawn at load, before the trainer seeds anything
     model = load_backbone(path, is_hub, tokenizer, quant, params)

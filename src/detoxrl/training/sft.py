@@ -40,14 +40,15 @@ def build_trainer(model, tokenizer, records: list[dict], params: SFTParams, call
 
 
 def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, metrics_path: str | Path,
-              plots_dir: str | Path, params: SFTParams, callbacks=()) -> dict:
+              plots_dir: str | Path, params: SFTParams, callbacks=(),
+              profiles: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from ..models.load import load_for_inference
 
     quant = common.quantization_config(params, "sft")  # fails here, before anything loads, without CUDA
     records = read_jsonl(data_path)
-    platform = common.platform(params, "sft")  # prints the precision it runs at, and why
+    platform = common.platform(params, "sft", profiles)  # prints the precision it runs at, and why
     resume = common.resume_checkpoint(params.checkpoint_dir, common.fingerprint(params, [base_dir, data_path]))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     trainer = build_trainer(common.load_model(base_dir, quant), tokenizer, records, params,
