@@ -130,11 +130,23 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(packaged_smoke_
     assert "Running stage" not in again
     assert "up to date" in run(["dvc", "status"], repo)
 
-    # A prepare param changes: prepare reruns, base_model does not.
-    run(["dvc", "exp", "run", "-S", "prepare.rtp.eval_nontoxic=3"], repo)
-    params_out = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo)
-    assert "eval_prompts_by_subset.nontoxic" in params_out
-    assert "Running stage" not in run(["dvc", "repro"], repo)  # the experiment was applied to the workspace
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
+def test_exp_run_of_a_prepare_param_reruns_from_prepare_and_is_listed(repo, smoke_workspace):
+    """`dvc exp run -S` on a data param: prepare and what follows rerun, base_model does not; `dvc exp show` lists
+    the experiment's data metrics, and the experiment is applied to the workspace."""
+    try:
+        out = run(["dvc", "exp", "run", "-S", "prepare.rtp.eval_nontoxic=3"], repo)
+        assert "Running stage 'prepare'" in out and "Running stage 'base_model'" not in out, out
+        assert json.loads((repo / "metrics" / "data.json").read_text())["counts"]["eval_prompts"] == 6 + 3
+        params_out = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo)
+        assert "eval_prompts_by_subset.nontoxic" in params_out
+        assert "Running stage" not in run(["dvc", "repro"], repo)  # the experiment was applied to the workspace
+    finally:
+        run(["dvc", "exp", "remove", "--all-commits"], repo, check=False)
+        smoke_workspace.reset()
 
 
 @pytest.mark.slow

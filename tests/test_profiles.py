@@ -48,8 +48,8 @@ def test_chain_resolves_base_first_and_applies_in_order(tmp_path, params):
     assert merged.prepare.seed == load_params(ROOT / "params.yaml").prepare.seed  # untouched keys kept
     assert applied.recorded == merged.profiles == ["base.yaml", "mid.yaml", "top.yaml"] and applied.note is None
     text = params.read_text()
-    assert "profiles: [base.yaml, mid.yaml, top.yaml]\n" in text  # the committed flow style kept
-    assert "# held-out eval prompts from the challenging subset" in text  # comments kept
+    assert "\nprofiles: [base.yaml, mid.yaml, top.yaml]" in text  # the committed flow style kept
+    assert "# held-out eval prompts drawn from the challenging subset" in text  # comments kept
 
     # each use-profile appends its chain
     again = apply_profile(params, folder / "base.yaml", committed=params.read_text())

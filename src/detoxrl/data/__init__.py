@@ -1,0 +1,1 @@
+"""Raw-record parsing (HH-RLHF, RealToxicityPrompts, ToxicChat, RewardBench), splits, prompt formats, labels."""

@@ -1,0 +1,1 @@
+"""Generation, metrics, evaluation of models and judges, the report."""

@@ -1,0 +1,1 @@
+"""Loading and materialising base models; LoRA adapters over them."""
