@@ -41,7 +41,7 @@ test-deps:
 # The docs site, built offline and strictly (a broken link or a page missing from the nav fails it): build/site/.
 # `detoxrl docs` regenerates the pages that come from committed files; `tests/test_docs.py` fails when they are stale.
 docs:
-	$(BIN)/mkdocs build --strict -d build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site  # (silences Material's end-of-life banner)
 
 lint: test-deps
 	$(BIN)/ruff check .
@@ -49,10 +49,10 @@ lint: test-deps
 # pytest exits 5 when it collects no test; that case says so and is not an error of the run.
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
-# Two pytest-xdist workers (2 cores); `--dist loadgroup` keeps the tests that share a smoke workspace
-# (xdist_group "smoke") on one worker, so the workspace is built once. --durations: where the time goes.
+# Two pytest-xdist workers (2 cores), one test file at a time each (`--dist loadfile`); the end-to-end files share one
+# build of the tiny-base smoke workspace, each worker a copy (tests/conftest.py). --durations: where the time goes.
 test: test-deps lint docs
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25; $(PYTEST_RC)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25; $(PYTEST_RC)
 
 # The tests that run no pipeline and launch no process (tests/conftest.py fails one that starts a process here).
 test-fast: test-deps

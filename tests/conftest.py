@@ -35,6 +35,16 @@ def _fast_tier_launches_no_process(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
+# The end-to-end files first, longest first, so that the two xdist workers (`make test`: --dist loadfile) start
+# on them and the short unit files fill the gaps at the end (longest-processing-time-first scheduling).
+LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_workflow_models.py", "test_pipeline.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 def cli_env() -> dict:
     """Environment for subprocesses: the venv's bin first, so `detoxrl` and `dvc` resolve."""
     env = dict(os.environ)
@@ -68,13 +78,13 @@ def raw_dir() -> Path:
     return RAW
 
 
-# The smoke-profile workspaces of the end-to-end tests (test_pipeline.py, test_workflow.py): the real `dvc pull` +
-# `dvc repro` runs once per session in a temporary git repo holding a copy of the project's files. Two kinds:
-# - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M
-#   (test_pipeline.py's first test: every stage that loads the base model runs on the real one);
-# - `smoke_workspace`: the same with base_model.source a tiny random Llama with SmolLM2's tokenizer (tests/tiny.py),
-#   shared by every test that reruns parts of the pipeline; they reset it to the committed baseline
-#   (`SmokeWorkspace.reset`) or copy it.
+# The smoke-profile workspaces of the end-to-end tests: the real `dvc pull` + `dvc repro` in a temporary git repo
+# holding a copy of the project's files. Two kinds:
+# - `smoke_workspace`: the smoke profile with base_model.source a tiny random Llama with SmolLM2's tokenizer
+#   (tests/tiny.py), every stage run once per `pytest` run; each xdist worker gets its own copy of that one build.
+#   Tests reset their copy to the committed baseline (`SmokeWorkspace.reset`) or copy it further.
+# - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M,
+#   through one instance of every kind of stage that loads the base model (tests/test_packaged.py).
 SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw",
               "data/labels"]
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
@@ -107,9 +117,10 @@ class SmokeWorkspace:
         run(["dvc", "checkout", "-q", "--force"], self.path)
 
 
-def build_smoke_workspace(repo: Path, base_source: str | None = None) -> SmokeWorkspace:
-    """A git repo (branch `main`) with the smoke profile committed, then `dvc repro` run and its results committed.
-    `base_source` replaces params.yaml's base_model.source (e.g. `local:<dir>` of a tiny model) after the profile."""
+def build_smoke_workspace(repo: Path, base_source: str | None = None, targets: list[str] | None = None
+                          ) -> SmokeWorkspace:
+    """A git repo (branch `main`) with the smoke profile committed, then `dvc repro [targets]` run and its results
+    committed. `base_source` replaces params.yaml's base_model.source (e.g. `local:<dir>`) after the profile."""
     for rel in SMOKE_COPY:
         src, dst = ROOT / rel, repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -128,32 +139,58 @@ def build_smoke_workspace(repo: Path, base_source: str | None = None) -> SmokeWo
         assert PACKAGED_SOURCE in text, "params.yaml's base_model.source moved: update tests/conftest.py"
         (repo / "params.yaml").write_text(text.replace(PACKAGED_SOURCE, f"source: {base_source}", 1))
     run(["git", *GIT_ID, "commit", "-qam", "smoke profile"], repo)
-    first = run(["dvc", "repro"], repo)
+    first = run(["dvc", "repro", *(targets or [])], repo)
     run("git add -A", repo)
     run(["git", *GIT_ID, "commit", "-qm", "smoke baseline: dvc.lock, metrics, plots"], repo)
     return SmokeWorkspace(repo, first)
 
 
-@pytest.fixture(scope="session")
-def tiny_base_dir(base_model_dir, tmp_path_factory) -> Path:
-    """A tiny random Llama (SmolLM2's architecture class and tokenizer, 2 layers of width 32): the stand-in base."""
-    from tiny import build_tiny_model
-
-    return build_tiny_model(base_model_dir, tmp_path_factory.mktemp("tiny-base") / "tiny-llama")
+def _run_root(tmp_path_factory) -> Path:
+    """This pytest run's temporary root, shared by its xdist workers (a worker's basetemp is <root>/popen-gwN)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
-def smoke_workspace(tmp_path_factory, tiny_base_dir) -> SmokeWorkspace:
-    """The smoke workspace on the tiny stand-in base model, for the tests that rerun parts of the pipeline.
+def smoke_workspace(tmp_path_factory, base_model_dir) -> SmokeWorkspace:
+    """This worker's copy of the run's one tiny-base smoke workspace: the first worker to need it builds it (under a
+    file lock), every worker copies the built repo (git, DVC cache, outputs) into its own temporary directory.
 
     DETOXRL_SMOKE_WORKSPACE=<dir> reuses such a repo built earlier (to iterate on one slow test).
     """
     if os.environ.get("DETOXRL_SMOKE_WORKSPACE"):
         return SmokeWorkspace(Path(os.environ["DETOXRL_SMOKE_WORKSPACE"]), "")
-    return build_smoke_workspace(tmp_path_factory.mktemp("pipeline") / "repo", f"local:{tiny_base_dir}")
+    from filelock import FileLock
+
+    shared = _run_root(tmp_path_factory) / "smoke-tiny"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "first_repro.txt").exists():
+            from tiny import build_tiny_model
+
+            tiny = build_tiny_model(base_model_dir, shared / "tiny-llama")  # a Llama, as SmolLM2 is
+            built = build_smoke_workspace(shared / "repo", f"local:{tiny}")
+            (shared / "first_repro.txt").write_text(built.first_repro)
+    own = tmp_path_factory.mktemp("pipeline") / "repo"
+    shutil.copytree(shared / "repo", own, symlinks=True)
+    return SmokeWorkspace(own, (shared / "first_repro.txt").read_text())
+
+
+# One of each kind of stage that loads the base model (sft, dpo, ppo, generate, evaluate, chat_eval, pref_gen,
+# pref_eval, dpo_feedback, filter) and what they need; the tiny workspace runs every stage.
+PACKAGED_TARGETS = ["evaluate@ppo", "chat_eval@ppo", "pref_eval", "evaluate@dpo_rlaif", "filter@sft_filtered"]
 
 
 @pytest.fixture(scope="session")
 def packaged_smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
-    """The smoke profile as a user applies it: the real packaged SmolLM2-135M through every stage."""
-    return build_smoke_workspace(tmp_path_factory.mktemp("packaged") / "repo")
+    """The smoke profile as a user applies it, on the real packaged SmolLM2-135M (PACKAGED_TARGETS)."""
+    return build_smoke_workspace(tmp_path_factory.mktemp("packaged") / "repo", targets=PACKAGED_TARGETS)
+
+
+@pytest.fixture()
+def ws(smoke_workspace) -> SmokeWorkspace:
+    """The smoke workspace at its committed baseline, on branch main again afterwards."""
+    smoke_workspace.reset()
+    assert "up to date" in run(["dvc", "status"], smoke_workspace.path)
+    yield smoke_workspace
+    run(["git", "checkout", "-q", "-f", "main"], smoke_workspace.path)
+    smoke_workspace.reset()

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, cli_env
 from detoxrl.cli import app
-from detoxrl.stage_code import Package, command_closures, stage_command
+from detoxrl.stage_code import Package, command_closures, dvc_files, stage_commands
 
 
 def _commands() -> dict[str, object]:
@@ -24,9 +24,13 @@ def _commands() -> dict[str, object]:
 
 def test_every_dvc_stage_runs_a_command_of_the_cli():
     commands = command_closures(Package(ROOT / "src" / "detoxrl"))
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    used = {stage_command(s.get("do", s)["cmd"], commands) for s in stages.values()}
-    assert None not in used and used <= set(_commands())
+    used = set()
+    for file in dvc_files(ROOT):  # dvc.yaml and experiments/dvc.yaml
+        for stage in yaml.safe_load(file.read_text())["stages"].values():
+            names = stage_commands(stage.get("do", stage)["cmd"], commands)
+            assert names, stage
+            used |= set(names)
+    assert used <= set(_commands())
 
 
 def test_every_command_has_help_naming_its_options():

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from detoxrl.stage_code import Package, command_closures, expected_code_deps, missing_code_deps, write_code_deps
+from detoxrl.stage_code import (Package, command_closures, expected_code_deps, missing_code_deps, stage_closures,
+                                 write_code_deps)
 
 
 def test_every_stage_declares_every_module_its_command_can_run():
@@ -19,12 +20,11 @@ def test_every_stage_declares_every_module_its_command_can_run():
 
 
 def test_stage_code_deps_are_exactly_the_closure_so_an_edit_reruns_no_stage_that_does_not_run_it():
-    import yaml
-
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, want in expected_code_deps(ROOT).items():
-        body = stages[name].get("do", stages[name])
-        declared = sorted(d for d in body["deps"] if isinstance(d, str) and d.startswith("src/"))
+    _, bodies, _ = stage_closures(ROOT)
+    expected = expected_code_deps(ROOT)
+    assert "experiments/dvc.yaml:ppo_cvar" in expected  # the committed experiments' dvc.yaml is checked too
+    for name, want in expected.items():
+        declared = sorted(d for d in bodies[name]["deps"] if isinstance(d, str) and d.startswith("src/"))
         assert declared == want, f"{name}: declared {sorted(set(declared) ^ set(want))} differ from its closure"
 
 
@@ -114,6 +114,24 @@ def test_a_stage_that_drops_a_module_it_runs_is_named_with_that_module(toy):
     assert stages["train"]["deps"][0] == "data.txt"  # other deps stay, first
     assert "src/detoxrl/evaluation" in stages["evals"]["do"]["deps"]  # a whole folder stays one entry
     assert write_code_deps(toy) == []  # idempotent
+
+
+def test_a_stage_of_several_commands_in_another_dvc_yaml_declares_all_their_code(toy):
+    _write(toy, "dvc.yaml", "stages: {}\n")
+    _write(toy, "experiments/dvc.yaml", """\
+        stages:
+          both:
+            wdir: ..
+            cmd:
+              - detoxrl train
+              - detoxrl eval-it && detoxrl grp export
+            deps: [src/detoxrl/cli.py]
+        """)
+    missing = missing_code_deps(toy)
+    assert set(missing) == {"experiments/dvc.yaml:both"}
+    lacking = {m.removeprefix("src/detoxrl/") for m in missing["experiments/dvc.yaml:both"]}
+    assert {"training/lm_head.py", "evaluation/metrics.py", "data/labels.py", "__main__.py"} <= lacking
+    assert write_code_deps(toy) == ["experiments/dvc.yaml:both"] and missing_code_deps(toy) == {}
 
 
 def test_a_cmd_naming_no_cli_command_fails_naming_it(toy):
