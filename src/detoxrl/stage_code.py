@@ -185,31 +185,48 @@ def _stage_bodies(doc: dict) -> dict[str, dict]:
             for name, stage in doc["stages"].items()}
 
 
-def stage_command(cmd: str | list[str], commands: dict[str, set[str]]) -> str | None:
-    """The detoxrl command a stage runs (`detoxrl label-studio export ...` -> `label-studio export`); None for a
-    stage that runs no detoxrl command."""
-    text = cmd if isinstance(cmd, str) else " && ".join(cmd)
-    m = re.match(r"\s*detoxrl\s+([a-z][a-z0-9-]*)(?:\s+([a-z][a-z0-9-]*))?", text)
-    if not m:
-        return None
-    for name in (f"{m.group(1)} {m.group(2)}", m.group(1)):
-        if name in commands:
-            return name
-    raise KeyError(f"dvc.yaml: `{text}` runs no command of src/{PACKAGE}/cli.py")
+def dvc_files(root: Path) -> list[Path]:
+    """The project's dvc.yaml files: the top-level one and those one folder down (experiments/dvc.yaml)."""
+    return [root / "dvc.yaml", *sorted(p for p in root.glob("*/dvc.yaml") if not p.parent.name.startswith("."))]
+
+
+def _address(root: Path, file: Path, name: str) -> str:
+    """DVC's name for a stage: `sft` in the top-level dvc.yaml, `experiments/dvc.yaml:ppo_cvar` elsewhere."""
+    return name if file == root / "dvc.yaml" else f"{file.relative_to(root).as_posix()}:{name}"
+
+
+def stage_commands(cmd: str | list[str], commands: dict[str, set[str]]) -> list[str]:
+    """The detoxrl commands a stage runs, in order (`detoxrl label-studio export ...` -> `label-studio export`); a
+    list `cmd` or a `&&` chain may run several; none for a stage that runs no detoxrl command."""
+    found = []
+    for text in [cmd] if isinstance(cmd, str) else cmd:
+        for part in re.split(r"&&|;|\n", text):
+            m = re.match(r"\s*detoxrl\s+([a-z][a-z0-9-]*)(?:\s+([a-z][a-z0-9-]*))?", part)
+            if not m:
+                continue
+            name = next((n for n in (f"{m.group(1)} {m.group(2)}", m.group(1)) if n in commands), None)
+            if name is None:
+                raise KeyError(f"dvc.yaml: `{part.strip()}` runs no command of src/{PACKAGE}/cli.py")
+            found.append(name)
+    return found
 
 
 def stage_closures(root: Path) -> tuple[dict[str, set[str]], dict[str, dict], set[str]]:
-    """(stage -> modules its command can run, stage -> its dvc.yaml body, every module of the package)."""
+    """(stage -> modules its commands can run, stage -> its dvc.yaml body, every module of the package), over every
+    dvc.yaml file; stages are named as DVC names them (_address)."""
     import yaml
 
     pkg = Package(root / "src" / PACKAGE)
     commands = command_closures(pkg)
-    bodies = _stage_bodies(yaml.safe_load((root / "dvc.yaml").read_text()))
-    runs = {}
-    for name, body in bodies.items():
-        command = stage_command(body["cmd"], commands)
-        if command is not None:
-            runs[name] = commands[command]
+    runs, bodies = {}, {}
+    for file in dvc_files(root):
+        for name, body in _stage_bodies(yaml.safe_load(file.read_text())).items():
+            addr = _address(root, file, name)
+            bodies[addr] = body
+            if names := stage_commands(body["cmd"], commands):
+                if (file.parent / body.get("wdir", ".")).resolve() != root.resolve():
+                    raise ValueError(f"{file}: stage {name} runs detoxrl outside the project root (wdir)")
+                runs[addr] = set().union(*(commands[n] for n in names))
     return runs, bodies, pkg.modules()
 
 
@@ -232,7 +249,7 @@ def missing_code_deps(root: Path) -> dict[str, list[str]]:
 
 
 def write_code_deps(root: Path) -> list[str]:
-    """Rewrite every stage's `src/detoxrl` deps in dvc.yaml to its closure; other deps and comments stay.
+    """Rewrite every stage's `src/detoxrl` deps in each dvc.yaml to its closure; other deps and comments stay.
 
     Returns the stages whose code deps changed."""
     from ruamel.yaml import YAML
@@ -242,24 +259,26 @@ def write_code_deps(root: Path) -> list[str]:
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
-    path = root / "dvc.yaml"
-    doc = yaml.load(path.read_text())
     changed = []
-    for name, body in _stage_bodies(doc).items():
-        if name not in expected:
-            continue
-        deps = body.setdefault("deps", [])
-        old = [d for d in deps if isinstance(d, str) and d.startswith(SRC_PREFIX)]
-        if old == expected[name]:
-            continue
-        for i in reversed(range(len(deps))):
-            if isinstance(deps[i], str) and deps[i].startswith(SRC_PREFIX):
-                del deps[i]
-        deps.extend(expected[name])
-        changed.append(name)
-    if changed:
-        tmp = path.with_suffix(".yaml.tmp")
-        with tmp.open("w") as f:
-            yaml.dump(doc, f)
-        tmp.replace(path)
+    for path in dvc_files(root):
+        doc = yaml.load(path.read_text())
+        before = len(changed)
+        for name, body in _stage_bodies(doc).items():
+            addr = _address(root, path, name)
+            if addr not in expected:
+                continue
+            deps = body.setdefault("deps", [])
+            old = [d for d in deps if isinstance(d, str) and d.startswith(SRC_PREFIX)]
+            if old == expected[addr]:
+                continue
+            for i in reversed(range(len(deps))):
+                if isinstance(deps[i], str) and deps[i].startswith(SRC_PREFIX):
+                    del deps[i]
+            deps.extend(expected[addr])
+            changed.append(addr)
+        if len(changed) > before:
+            tmp = path.with_suffix(".yaml.tmp")
+            with tmp.open("w") as f:
+                yaml.dump(doc, f)
+            tmp.replace(path)
     return changed
