@@ -49,10 +49,12 @@ lint: test-deps
 # pytest exits 5 when it collects no test; that case says so and is not an error of the run.
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
-# Two pytest-xdist workers (2 cores), one test file at a time each (`--dist loadfile`); the end-to-end files share one
-# build of the tiny-base smoke workspace, each worker a copy (tests/conftest.py). --durations: where the time goes.
+# Two pytest-xdist workers (2 cores), one test file at a time each (--dist loadfile), in collection order
+# (--no-loadscope-reorder: tests/conftest.py puts the end-to-end files first, longest first; xdist would put the
+# files with most tests first). The end-to-end files share one build of the tiny-base smoke workspace, each worker
+# a copy (tests/conftest.py). --durations: where the time goes.
 test: test-deps lint docs
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25; $(PYTEST_RC)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25; $(PYTEST_RC)
 
 # The tests that run no pipeline and launch no process (tests/conftest.py fails one that starts a process here).
 test-fast: test-deps

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,9 @@ def server(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # urllib.request.urlopen builds its global opener, proxies included, on its first call and keeps it: an opener
+    # built under these variables would send every later urllib request of this process to the dead proxy
+    monkeypatch.setattr(urllib.request, "_opener", None)
     monkeypatch.setenv(KEY_ENV, API_KEY)
     srv = ChatServer()
     srv.thread.start()

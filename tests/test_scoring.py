@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # urllib.request.urlopen builds its global opener, proxies included, on its first call and keeps it: an opener
+    # built under these variables would send every later urllib request of this process to the dead proxy
+    monkeypatch.setattr(urllib.request, "_opener", None)
 
 
 # --- offline judge and the cache ---------------------------------------------------------------
