@@ -53,8 +53,9 @@ PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; e
 # (--no-loadscope-reorder: tests/conftest.py puts the end-to-end files first, longest first; xdist would put the
 # files with most tests first). The end-to-end files share one build of the tiny-base smoke workspace, each worker
 # a copy (tests/conftest.py). --durations: where the time goes.
+# OMP_NUM_THREADS=1: one torch thread per worker (and per stage it runs), so two workers do not oversubscribe 2 cores.
 test: test-deps lint docs
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25; $(PYTEST_RC)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25; $(PYTEST_RC)
 
 # The tests that run no pipeline and launch no process (tests/conftest.py fails one that starts a process here).
 test-fast: test-deps
