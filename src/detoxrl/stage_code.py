@@ -170,12 +170,8 @@ def compress(modules: set[str], all_modules: set[str]) -> list[str]:
 def expand(deps: list[str], all_modules: set[str]) -> set[str]:
     """The package modules a list of declared deps covers (files and folders)."""
     covered = set()
-    for d in deps:
-        d = d.rstrip("/")
-        if d == SRC_PREFIX or not d.startswith(SRC_PREFIX):
-            covered |= all_modules if d == SRC_PREFIX else set()
-            continue
-        covered |= {m for m in all_modules if m == d or m.startswith(d + "/")}
+    for d in (d.rstrip("/") for d in deps):
+        covered |= {m for m in all_modules if m == d or m.startswith(d + "/")}  # a file, or a folder's modules
     return covered
 
 
