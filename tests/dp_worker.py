@@ -108,5 +108,10 @@ def resume(model_dir: Path, out: Path, stop_at: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    {"update": update, "train": train, "resume": resume}[sys.argv[1]](
-        Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:])
+    from detoxrl.launch import end_processes
+
+    try:
+        {"update": update, "train": train, "resume": resume}[sys.argv[1]](
+            Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:])
+    finally:
+        end_processes()

@@ -692,6 +692,8 @@ def main() -> None:
     except DetoxError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    finally:
+        launch.end_processes()
 
 
 if __name__ == "__main__":

@@ -68,3 +68,12 @@ def relaunch(compute, argv: list[str] | None = None) -> None:
     print(f"{argv[0]}: {compute.num_processes} processes: {' '.join(cmd[1:4])} ... -m detoxrl {' '.join(argv)}",
           flush=True)
     sys.exit(subprocess.run(cmd, env=env).returncode)
+
+
+def end_processes() -> None:
+    """Close the process group of an `accelerate launch`-ed command before the interpreter exits. Left open, gloo's
+    threads may still be running while Python tears the process down, and the C++ runtime aborts the process
+    ("terminate called without an active exception", SIGABRT) after its work was done and written."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # local: no collective, so a process that failed alone does not hang here
