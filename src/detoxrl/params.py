@@ -783,8 +783,15 @@ class Params(Strict):
     ppo_cvar: PPOCVaRParams
     """risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default stage"""
     models: dict[str, str]
-    """models that generate/evaluate/report cover: name -> model directory (a full HF dir or a LoRA adapter over
-    models/base); a new model is one line here"""
+    """models trained once (or not at all) that generate/evaluate/report cover: name -> model directory (a full HF
+    dir or a LoRA adapter over models/base); a new model is one line here"""
+    seeds: list[int]
+    """training seeds: each `seeded:` method is trained once per seed, and the report's intervals for it resample
+    seeds as well as prompts (one training run is one draw)"""
+    seeded: list[str]
+    """methods trained once per seed in `seeds`: seed s of method m is the model `m/s<s>` in models/m/s<s>, made by
+    the stage m@<s> (or one stage looping over the seeds), generated and evaluated like any model; a new seeded
+    method is its stage plus one line here"""
     judges: JudgesParams
     """toxicity judges: score cache, trained judges, judge settings"""
     train_judge: TrainJudgeParams
@@ -809,13 +816,18 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _baseline_is_a_model(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds {self.seeds}: expected distinct non-negative integers, at least one")
+        both = sorted(set(self.seeded) & set(self.models))
+        if both or len(set(self.seeded)) != len(self.seeded):
+            raise ValueError(f"seeded {self.seeded}: a name is listed twice or is also in models ({both})")
         unknown = [m for m in self.report.compare if m not in self.models]
         if unknown:
             raise ValueError(f"report.compare {unknown} are not among models: {sorted(self.models)}")
         for key in ("model_a", "model_b"):
-            if getattr(self.human_eval, key) not in self.models:
-                raise ValueError(f"human_eval.{key} {getattr(self.human_eval, key)!r} is not one of models: "
-                                 f"{sorted(self.models)}")
+            if getattr(self.human_eval, key) not in instances(self):
+                raise ValueError(f"human_eval.{key} {getattr(self.human_eval, key)!r} is not one of the models: "
+                                 f"{sorted(instances(self))}")
         if self.report.baseline not in self.models:
             raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
         both = sorted(set(self.report.experiments) & set(self.models))
@@ -831,6 +843,22 @@ class Params(Strict):
                 raise ValueError(f"filters.{name}.model {f.model!r} must be models.{f.source} "
                                  f"({self.models[f.source]!r}), the directory dvc.yaml makes the stage depend on")
         return self
+
+
+def seeded_name(method: str, seed: int) -> str:
+    """The model name of one seed of a seeded method: ppo, 1 -> ppo/s1 (its files: models/ppo/s1,
+    data/generations/ppo/s1.jsonl, metrics/eval/ppo/s1.json, metrics/cards/ppo/s1.json)."""
+    return f"{method}/s{seed}"
+
+
+def instances(params: Params) -> dict[str, str]:
+    """Every model the pipeline generates and evaluates: the `models:` entries, then each seed of each `seeded:`
+    method (name -> model directory)."""
+    out = dict(params.models)
+    for method in params.seeded:
+        for seed in params.seeds:
+            out[seeded_name(method, seed)] = f"models/{seeded_name(method, seed)}"
+    return out
 
 
 def ppo_cvar_params(params: Params) -> PPOParams:
