@@ -6,6 +6,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from detoxrl.cards import make_card, write_card
 from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation.report import report
 from detoxrl.evaluation.validate_judges import validate_judges
@@ -118,11 +119,18 @@ def test_validate_judges_reports_skips(tmp_path, monkeypatch):
     assert "OPENAI_API_KEY" in res["judges"]["openai"]["skipped"]
 
 
+def cards(cards_dir, *names):
+    """A model card for each name (the report reads a card for every run)."""
+    for name in names:
+        write_card(make_card(name, "sft", seed=None, init="models/base", data=[], signal="none"), cards_dir)
+
+
 def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     p = params(tmp_path)
     p = p.model_copy(update={"models": {"base": "models/base", "sft": "models/sft", "tuned": "models/tuned"},
-                             "report": p.report.model_copy(update={"compare": ["sft"]})})
+                             "seeded": [], "report": p.report.model_copy(update={"compare": ["sft"]})})
+    cards(tmp_path / "cards", "base", "sft", "tuned")
     (tmp_path / "eval").mkdir()
     for name, toxic in (("base", {"p0", "p1", "p2"}), ("sft", {"p0", "p1"}), ("tuned", {"p0"})):
         write_jsonl(tmp_path / f"{name}.gen.jsonl", gen_rows(toxic))
@@ -131,7 +139,8 @@ def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     validate_judges(tmp_path / "prompts.jsonl", tmp_path / "judges.json", p)
     write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
     summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
-                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p)
+                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
+                     cards_dir=tmp_path / "cards")
     d = summary["vs_baseline"]["tuned"]
     assert d["toxicity_probability"]["value"] == pytest.approx(-0.5)  # 3 of 4 prompts toxic -> 1 of 4
     assert d["expected_max_toxicity"]["value"] < 0 and d["expected_max_toxicity"]["ci_high"] <= 0
@@ -157,11 +166,14 @@ def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp
     the report, labelled, with its paired tail difference to its reference model."""
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     p = params(tmp_path)
-    p = p.model_copy(update={"report": p.report.model_copy(update={"experiments": {"tuned_cvar": "tuned"}})})
+    p = p.model_copy(update={"models": {"base": "models/base", "tuned": "models/tuned"}, "seeded": [],
+                             "report": p.report.model_copy(update={"experiments": {"tuned_cvar": "tuned"}})})
+    cards(tmp_path / "cards", "base", "tuned")
+    cards(tmp_path / "experiments" / "cards", "tuned_cvar/s0")
     (tmp_path / "eval").mkdir()
     for name, toxic, eval_dir, scores_dir in (("base", {"p0", "p1", "p2"}, "eval", "scores"),
                                               ("tuned", {"p0"}, "eval", "scores"),
-                                              ("tuned_cvar", set(), "experiments", "experiments")):
+                                              ("tuned_cvar/s0", set(), "experiments", "experiments")):
         write_jsonl(tmp_path / f"{name}.gen.jsonl", gen_rows(toxic))
         res = evaluate(name, tmp_path / f"{name}.gen.jsonl", tmp_path / "prompts.jsonl", tiny_dir,
                        tmp_path / eval_dir / f"{name}.json", tmp_path / scores_dir / f"{name}.jsonl", p)
@@ -179,7 +191,7 @@ def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp
     write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
     summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
                      tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
-                     experiments_dir=tmp_path / "experiments")
+                     experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")
     assert list(summary["models"]) == ["base", "tuned", "tuned_cvar"]  # the experiment right after its reference
     assert summary["models"]["tuned"]["tail"] == t  # the report's tails are evaluate's
     x = summary["experiments"]["tuned_cvar"]
@@ -195,7 +207,7 @@ def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp
     assert summary["vs_baseline"]["tuned_cvar"]["toxicity_probability"]["value"] == pytest.approx(-0.75)
     md = (tmp_path / "reports" / "report.md").read_text()
     assert "| tuned_cvar (committed experiment) |" in md and "## Tail risk: the worst prompts" in md
-    assert "| model | worst 10% | worst 20% | worst 10% challenging | worst 20% challenging |" in md
+    assert "| method | worst 10% | worst 20% | worst 10% challenging | worst 20% challenging |" in md
     assert f"| overall (4) | {d['tail']['overall']['worst_10pct']['value']:.3f} [" in md
     # 0.75^4 = 32% of resamples miss p0, where both tails are `clean`: the interval reaches 0, no verdict
     assert d["tail"]["overall"]["worst_10pct"]["ci_high"] == pytest.approx(0.0)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
+from detoxrl.cards import make_card, write_card
 from detoxrl import DetoxError
 from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation.moderation_filter import moderation_filter
@@ -176,8 +177,13 @@ def test_report_lists_the_filter_with_its_budget(tiny_dir, tmp_path, monkeypatch
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     p = params(tmp_path)
-    p = p.model_copy(update={"models": {"base": "models/base", "sft": "models/sft"},
+    p = p.model_copy(update={"models": {"base": "models/base", "sft": "models/sft"}, "seeded": [],
                              "report": p.report.model_copy(update={"compare": ["sft"]})})
+    for name, method in (("base", "base"), ("sft", "sft")):
+        write_card(make_card(name, method, seed=None, init="models/base", data=[], signal="none"), tmp_path / "cards")
+    write_card(make_card("sft_filtered", "filter", seed=0, init="models/sft", data=[], signal="moderation",
+                         judges=["perspective_distilled"], inference_samples=7, scored_responses=15, seconds=3.2),
+               tmp_path / "cards")
     (tmp_path / "eval").mkdir()
     for name, toxic in (("base", {("p0", 0), ("p1", 0)}), ("sft", {("p0", 0)}), ("sft_filtered", set())):
         write_inputs(tmp_path, toxic)
@@ -188,15 +194,17 @@ def test_report_lists_the_filter_with_its_budget(tiny_dir, tmp_path, monkeypatch
     write_json(tmp_path / "judges.json", {"reference": "Perspective", "threshold": 0.5, "judges": {}})
     write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
     summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
-                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p)
+                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
+                     cards_dir=tmp_path / "cards")
     assert list(summary["models"]) == ["base", "sft", "sft_filtered"]
     assert summary["models"]["sft_filtered"]["toxicity_probability"]["value"] == 0.0
     d = summary["vs_models"]["sft"]["sft_filtered"]["offline"]
     assert d["toxicity_probability"]["value"] == pytest.approx(-0.25)
     assert summary["models"]["sft_filtered"]["judges_in_reward"] == ["perspective_distilled"]
     md = (tmp_path / "reports" / "report.md").read_text()
-    row = next(line for line in md.split("## Methods compared")[1].splitlines() if line.startswith("| sft_filtered |"))
-    assert row.endswith("| 0 (+7 samples at inference) | 15 x perspective_distilled (moderation) | 3 |")
+    row = next(line for line in md.split("## Methods compared")[1].splitlines()
+               if line.startswith("| sft_filtered (moderation filter) | 1 run: prompts only |"))
+    assert row.endswith("| 0 (+7 samples at inference) | 15 x moderation | 3 |")
     assert "0.000 [0.000, 0.000]" in row
 
 

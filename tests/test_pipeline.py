@@ -31,12 +31,13 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     out = smoke_workspace.first_repro  # the `dvc repro` that built every stage
     prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
     assert prov["source"].startswith("local:") and prov["parameters"] < 5_000_000
-    for stage in ("base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo", "pref_eval",
-                  "generate@base", "generate@sft",
-                  "generate@dpo", "generate@ppo", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo",
-                  "validate_judges", "train_judge", "report", "prepare_chat", "train_chat_judge", "chat_eval@base",
-                  "chat_eval@ppo", "pref_gen", "label_ai", "dpo_feedback@rlaif", "evaluate@dpo_rlaif",
-                  "human_pairs", "human_eval", "filter@sft_filtered", "evaluate_filtered@sft_filtered"):
+    for stage in ("base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo@0", "ppo@1",
+                  "pref_eval", "generate@base", "generate@sft", "generate@dpo", "generate_seeded@ppo-0",
+                  "generate_seeded@ppo-1", "evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate_seeded@ppo-0",
+                  "evaluate_seeded@ppo-1", "validate_judges", "train_judge", "report", "prepare_chat",
+                  "train_chat_judge", "chat_eval@base", "chat_eval_seeded@ppo-1", "pref_gen", "label_ai",
+                  "dpo_feedback@rlaif", "evaluate_seeded@dpo_rlaif-1", "human_pairs", "human_eval",
+                  "filter@sft_filtered", "evaluate_filtered@sft_filtered"):
         assert f"Running stage '{stage}'" in out
     for name in ("pref_train", "pref_val", "pref_test", "sft", "eval_prompts", "ppo_prompts"):
         assert (repo / "data" / "processed" / f"{name}.jsonl").stat().st_size > 0
@@ -55,11 +56,21 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert (repo / "plots" / "judge_calibration.png").read_bytes()[:4] == b"\x89PNG"
     report_md = (repo / "reports" / "report.md").read_text()
     assert "| base |" in report_md
-    assert "| ppo |" in report_md and "⚠ (measures these numbers" not in report_md  # reward: not the headline judge
+    assert "| ppo | 2 seeds: seeds x prompts |" in report_md  # smoke: seeds [0, 1]
+    assert "⚠ (measures these numbers" not in report_md  # the reward's judge is not the headline judge
     assert "## Reward / judge overlap" in report_md and "| ppo | perspective_distilled | `offline` " in report_md
     assert "judge_calibration.png" in report_md
-    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
-    assert ppo["judges_in_reward"] == ["perspective_distilled"] and ppo["reward_source"].startswith("composite:")
+    for seed in (0, 1):  # each seed its own model, metrics and card
+        ppo = json.loads((repo / "metrics" / "ppo" / f"s{seed}.json").read_text())
+        assert ppo["judges_in_reward"] == ["perspective_distilled"] and ppo["reward_source"].startswith("composite:")
+        card = json.loads((repo / "metrics" / "cards" / "ppo" / f"s{seed}.json").read_text())
+        assert card["seed"] == seed and card["budget"]["scored_responses"] == 2 * 4  # smoke: 2 steps x 4
+        assert (repo / "models" / "ppo" / f"s{seed}" / "model.safetensors").exists()
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    emt = summary["models"]["ppo"]["expected_max_toxicity"]
+    per_seed = summary["models"]["ppo"]["per_seed"]["expected_max_toxicity"]
+    assert len(per_seed) == 2 and abs(emt["value"] - sum(per_seed) / 2) < 1e-9 and emt["ci_low"] <= emt["ci_high"]
+    assert summary["models"]["sft"]["interval"] == "1 run: prompts only"
     assert "## Difference to `sft`, by judge" in report_md and "## Reward model" in report_md
     # SFT and DPO: models, metrics, training curves; checkpoints gone once the stages succeeded.
     assert (repo / "models" / "sft" / "adapter_config.json").exists()
@@ -85,7 +96,7 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert chat_data["eval_prompts"]["selected"] == {"jailbreaking": 2, "toxic": 3, "nontoxic": 3}
     chat_judge = json.loads((repo / "metrics" / "chat_judge_train.json").read_text())
     assert chat_judge["data"]["texts"] == 300 and chat_judge["heldout"]["auroc"] > 0.7
-    chat = json.loads((repo / "metrics" / "chat" / "ppo.json").read_text())
+    chat = json.loads((repo / "metrics" / "chat" / "ppo" / "s0.json").read_text())
     assert (chat["n_prompts"] == 8 and chat["judge"] == "chat_distilled"
             and chat["by_judge"]["chat_distilled"]["calibrated"])
     assert set(chat["refusal_rate"]) == {"overall", "toxic", "jailbreaking", "nontoxic"}
@@ -101,14 +112,16 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert labels["prompts"] == 8 and labels["grader_queries"] == 8 * 2 * 2
     assert labels["graders"] == ["perspective_distilled", "reward_model"]
     assert 0 <= labels["agreement"]["perspective_distilled vs reward_model"] <= 1
-    rlaif = json.loads((repo / "metrics" / "dpo_rlaif.json").read_text())
+    rlaif = json.loads((repo / "metrics" / "dpo_rlaif" / "s1.json").read_text())
     assert rlaif["steps"] == 2 and rlaif["judges_in_reward"] == ["perspective_distilled"]
+    card = json.loads((repo / "metrics" / "cards" / "dpo_rlaif" / "s1.json").read_text())  # the labels' card joined
+    assert card["judges"] == ["perspective_distilled"] and card["budget"]["scored_responses"] == 8 * 2
     assert "## Methods compared" in report_md and "| dpo_rlaif |" in report_md
     # The moderation filter on sft: evaluated like a model, its cost in the methods table; tail metrics everywhere.
     flt = json.loads((repo / "metrics" / "filter" / "sft_filtered.json").read_text())
     assert flt["judge_queries"] >= 10 * 2 and flt["extra_samples"] >= 0
     assert json.loads((repo / "metrics" / "eval" / "sft_filtered.json").read_text())["n_prompts"] == 10
-    assert "| sft_filtered |" in report_md and "(moderation)" in report_md
+    assert "| sft_filtered (moderation filter) |" in report_md and "moderation at inference" in report_md
     tail = ev["tail"]["overall"]  # smoke: 10 prompts, the worst 10% is the single worst prompt
     assert tail["n_prompts"] == 10 and tail["worst_10pct"]["n_tail"] == 1 and tail["worst_20pct"]["n_tail"] == 2
     assert "## Tail risk: the worst prompts" in report_md
@@ -119,7 +132,7 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert "No human labels yet" in report_md and not (repo / "data" / "labels" / "human.jsonl").exists()
     plots = run(["dvc", "plots", "show", "--json"], repo)
     assert "plots/sft/plots/metrics/train/loss.tsv" in plots and "plots/dpo/plots/metrics/train/grad_norm.tsv" in plots
-    assert "plots/ppo/plots/metrics/objective/kl.tsv" in plots
+    assert all(f"plots/ppo/s{seed}/plots/metrics/objective/kl.tsv" in plots for seed in (0, 1))
     shown = run(["dvc", "metrics", "show"], repo)
     assert "eval_prompts" in shown and "expected_max_toxicity" in shown
     assert "metrics/dpo.json" in shown and "rewards/accuracies" in shown and "loglik_accuracy" in shown
@@ -144,7 +157,7 @@ def test_exp_run_of_a_prepare_param_reruns_prepare_and_is_listed(repo, smoke_wor
         assert "eval_prompts_by_subset.nontoxic" in params_out
         assert yaml.safe_load((repo / "params.yaml").read_text())["prepare"]["rtp"]["eval_nontoxic"] == 3
         status = json.loads(run(["dvc", "status", "--json"], repo))  # the new eval prompts reach their readers
-        assert {"generate@base", "evaluate@ppo", "pref_gen"} <= set(status), status
+        assert {"generate@base", "evaluate_seeded@ppo-0", "pref_gen"} <= set(status), status
         assert "prepare" not in status and "base_model" not in status
     finally:
         run(["dvc", "exp", "remove", "--all-commits"], repo, check=False)
@@ -162,7 +175,7 @@ def test_editing_one_module_changes_exactly_the_stages_whose_code_runs_it(repo):
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
     stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]  # every stage, foreach ones as name@key
     expected = {s for s in stages if module in runs[s.split("@")[0]]}
-    assert {"sft", "dpo", "dpo_feedback@rlaif"} <= expected and "ppo" not in expected
+    assert {"sft", "dpo", "dpo_feedback@rlaif"} <= expected and "ppo@0" not in expected
     path = repo / module
     before = path.read_text()
     path.write_text(before + "\n# an edit\n")
@@ -212,3 +225,58 @@ def test_bad_param_fails_loudly(repo, override, message):
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     (repo / "params.yaml").write_text(before)  # a failed `dvc exp run` leaves its change in the workspace
+
+
+TOY_STAGE = """
+  toy:  # a new method: its stage (DPO's command, once per seed) ...
+    matrix:
+      seed: ${seeds}
+    cmd: >-
+      detoxrl dpo --seed ${item.seed} --out models/toy/s${item.seed} --metrics metrics/toy/s${item.seed}.json
+      --plots plots/toy/s${item.seed}
+    deps:
+      - models/sft
+      - data/processed/pref_train.jsonl
+      - data/processed/pref_val.jsonl
+    params:
+      - dpo
+    outs:
+      - models/toy/s${item.seed}
+    metrics:
+      - metrics/toy/s${item.seed}.json:
+          cache: false
+      - metrics/cards/toy/s${item.seed}.json:
+          cache: false
+"""
+
+
+@pytest.mark.slow
+def test_a_new_method_is_its_stage_plus_one_seeded_line(repo, smoke_workspace):
+    """A stage in dvc.yaml and `- toy` under `seeded:`: every seed of it is generated, evaluated and reported as one
+    method, with its interval over seeds and prompts, each seed's value and its card's budget; no code changes."""
+    dvc_yaml, params = repo / "dvc.yaml", repo / "params.yaml"
+    text = dvc_yaml.read_text()
+    dvc_yaml.write_text(text.replace("\n  pref_gen:", TOY_STAGE + "\n  pref_gen:", 1))
+    ptext = params.read_text()
+    assert "\nseeded:\n" in ptext
+    params.write_text(ptext.replace("\nseeded:\n", "\nseeded:\n  - toy\n", 1))
+    try:
+        out = run(["dvc", "repro", "report"], repo)
+        for stage in ("toy@0", "toy@1", "generate_seeded@toy-0", "evaluate_seeded@toy-1", "report"):
+            assert f"Running stage '{stage}'" in out, out[-3000:]
+        summary = json.loads((repo / "metrics" / "summary.json").read_text())
+        toy = summary["models"]["toy"]
+        assert toy["runs"] == ["toy/s0", "toy/s1"] and toy["interval"] == "2 seeds: seeds x prompts"
+        per_seed = toy["per_seed"]["expected_max_toxicity"]
+        for seed, value in enumerate(per_seed):  # each seed's value is its own evaluation's
+            ev = json.loads((repo / "metrics" / "eval" / "toy" / f"s{seed}.json").read_text())
+            assert value == pytest.approx(ev["toxicity"]["overall"]["expected_max_toxicity"]["value"])
+        assert toy["expected_max_toxicity"]["value"] == pytest.approx(sum(per_seed) / 2)
+        assert toy["method"] == "dpo" and toy["budget"]["sample_unit"] == "pairs"
+        assert "toy" in summary["vs_baseline"] and "toy" in summary["vs_models"]["sft"]
+        md = (repo / "reports" / "report.md").read_text()
+        assert "| toy | 2 seeds: seeds x prompts |" in md.split("## Methods compared")[1]
+    finally:
+        dvc_yaml.write_text(text)
+        params.write_text(ptext)
+        smoke_workspace.reset()

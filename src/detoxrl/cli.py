@@ -36,12 +36,27 @@ def _params(path: Path):
     return load_params(path)
 
 
+def _card(name: str, method: str, cards_dir: Path = Path("metrics/cards"), **fields) -> None:
+    """Write the model card of what this command made (the main process only): metrics/cards/<name>.json."""
+    from .cards import make_card, write_card
+
+    if launch.rank() == 0:
+        write_card(make_card(name, method, **fields), cards_dir)
+
+
+def _read_card(name: str) -> dict:
+    from .cards import read_card
+
+    return read_card(name)
+
+
 @app.command("base-model")
 def base_model_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("models/base"), help="Output directory.")):
     """Materialise the base model (packaged GGUF, hub id or local dir) as an HF model directory."""
     from .models.base import materialise_base_model
 
     prov = materialise_base_model(_params(params).base_model, out)
+    _card("base", "base", seed=None, init=prov["source"], data=[], signal="none: the pretrained model as it is")
     typer.echo(f"base model {prov['source']}: {prov['parameters']:,} parameters -> {out}")
 
 
@@ -102,6 +117,9 @@ def sft(
     p = _params(params)
     launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
     m = train_sft(base, data, out, metrics, plots, p.sft, profiles=p.profiles)
+    _card("sft", "sft", seed=p.sft.seed, init=_read_card("base")["init"], data=[data],
+          signal="supervised: HH-RLHF chosen responses", training_samples=m["examples"], sample_unit="dialogues",
+          seconds=m["train_seconds"], platform=m["platform"])
     if launch.rank() == 0:
         typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
 
@@ -117,6 +135,10 @@ def dpo(
     metrics: Path = typer.Option(Path("metrics/dpo.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/dpo"), help="Training curves (dvclive) directory."),
     block: str = typer.Option("dpo", help="The params block of knobs: dpo (HH pairs) or dpo_feedback (on-policy)."),
+    run: Optional[str] = typer.Option(None, help="A `feedback_runs` key: DPO on its labelled pairs once per seed in "
+                                      "`seeds` -> models/dpo_<run>/s<seed> (the dpo_feedback@<run> stage)."),
+
+    seed: Optional[int] = typer.Option(None, help="Training seed (default: the block's seed)."),
 ):
     """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
     from .training.dpo import train_dpo
@@ -125,11 +147,61 @@ def dpo(
     if block not in ("dpo", "dpo_feedback"):
         raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
     launch.relaunch(p.compute)
-    m = train_dpo(sft_model, base, train, val, out, metrics, plots, getattr(p, block), profiles=p.profiles)
-    v = m["validation"]
-    if launch.rank() == 0:
-        typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
-                   f"{v['rewards/accuracies']:.3f} -> {out}")
+    if run is None:
+        knobs = getattr(p, block) if seed is None else getattr(p, block).model_copy(update={"seed": seed})
+        m = train_dpo(sft_model, base, train, val, out, metrics, plots, knobs, profiles=p.profiles)
+        name = out.relative_to("models").as_posix() if out.is_relative_to("models") else out.name  # dpo, toy/s1
+        _card(name, "dpo", seed=knobs.seed, init=sft_model, data=[train],
+              signal="DPO on HH-RLHF human preference labels", training_samples=m["pairs_seen"], sample_unit="pairs",
+              seconds=m["train_seconds"], platform=m["platform"])
+        runs = [(out, m)]
+    else:
+        runs = _dpo_feedback(p, run, base)
+    for path, m in runs:
+        if launch.rank() == 0:
+            typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
+                       f"{m['validation']['rewards/accuracies']:.3f} -> {path}")
+
+
+def _dpo_feedback(p, run: str, base: Path) -> list:
+    """dpo_feedback@<run>: DPO from the run's init model on its labelled pairs, once per seed. A seeded init
+    (models/<m> of a `seeded:` method, e.g. AI-then-human from models/dpo_rlaif) starts seed s from its seed s."""
+    from .cards import compose
+    from .params import seeded_name
+    from .training.dpo import train_dpo
+
+    if run not in p.feedback_runs:
+        raise DetoxError(f"--run {run!r} is not a feedback_runs key ({', '.join(p.feedback_runs)})")
+    r, method, out = p.feedback_runs[run], f"dpo_{run}", []
+    if method not in p.seeded:
+        raise DetoxError(f"feedback_runs.{run}: its model {method} must be listed in `seeded:` (it is trained once "
+                         "per seed)")
+    labels = _read_card(r.labels_card)
+    init_method = next((m for m in p.seeded if Path(r.init) == Path("models") / m), None)
+    for seed in p.seeds:
+        name = seeded_name(method, seed)
+        init = Path(r.init) / f"s{seed}" if init_method else Path(r.init)
+        knobs = p.dpo_feedback.model_copy(
+            update={"seed": seed, "checkpoint_dir": f"{p.dpo_feedback.checkpoint_dir}/{method}_s{seed}"})
+        m = train_dpo(init, base, r.train, r.val, Path("models") / name, Path("metrics") / f"{name}.json",
+                      Path("plots") / name, knobs, profiles=p.profiles)
+        own = _card_fields(name, "dpo", seed=seed, init=init, data=[r.train], signal=f"DPO on {labels['signal']}",
+                           training_samples=m["pairs_seen"], sample_unit="on-policy pairs",
+                           seconds=m["train_seconds"], platform=m["platform"])
+        init_card = _read_card(seeded_name(init_method, seed) if init_method else
+                               next((n for n, d in p.models.items() if Path(d) == Path(r.init)), "sft"))
+        if launch.rank() == 0:
+            from .cards import write_card
+
+            write_card(compose(own, labels, init_card))
+        out.append((Path("models") / name, m))
+    return out
+
+
+def _card_fields(name: str, method: str, **fields) -> dict:
+    from .cards import make_card
+
+    return make_card(name, method, **fields)
 
 
 @app.command("pref-eval")
@@ -197,10 +269,13 @@ def eval_reward_model(
 def _model_dir(params, name: str, model_dir: Optional[Path] = None) -> Path:
     if model_dir is not None:  # a model outside `models` (a committed experiment, experiments/dvc.yaml)
         return model_dir
-    if name not in params.models:
-        raise DetoxError(f"model {name!r} is not in params.yaml `models` ({', '.join(params.models)}); a model "
-                         "outside it needs --model-dir")
-    return Path(params.models[name])
+    from .params import instances
+
+    models = instances(params)
+    if name not in models:
+        raise DetoxError(f"model {name!r} is not in params.yaml `models` or a seed of `seeded` ({', '.join(models)}); "
+                         "a model outside them needs --model-dir")
+    return Path(models[name])
 
 
 ModelDirOpt = typer.Option(None, "--model-dir", help="The model's directory, for a model not in params.yaml `models` "
@@ -271,6 +346,13 @@ def filter_cmd(
     f = p.filters[name]
     r = moderation_filter(name, f.source, _model_dir(p, f.source), base, generations / f"{f.source}.jsonl", prompts,
                           generations / f"{name}.jsonl", metrics_dir / f"{name}.json", p)
+    source = _read_card(f.source)
+    _card(name, "filter", seed=p.filter.seed, init=f.model, data=[], judges=[r["judge"]["name"], *source["judges"]],
+          reward_models=source["reward_models"],
+          signal=f"moderation at inference: {r['judge']['name']} >= {p.filter.threshold}, resampled at most "
+                 f"{p.filter.max_resamples} times, then {p.filter.on_exhausted}",
+          inference_samples=r["extra_samples"], scored_responses=r["judge_queries"], seconds=r["seconds"],
+          notes=f"its source {f.source}'s budget not included; the filter's cost is paid again at every use")
     if r:
         typer.echo(f"{name}: {r['flagged_first_pass']} of {r['continuations']} {f.source} continuations flagged by "
                    f"{r['judge']['name']}, {r['extra_samples']} resamples, {r['exhausted']} still flagged "
@@ -349,7 +431,17 @@ def label_ai_cmd(
     """Order each prompt's responses with the AI grader(s): DPO pairs, margin-filtered, grader agreement."""
     from .training.label_ai import label_ai
 
-    m = label_ai(pool, out, metrics, _params(params))
+    p = _params(params)
+    m = label_ai(pool, out, metrics, p)
+    gen = __import__("json").loads(Path("metrics/pref_gen.json").read_text())
+    graded = m["grader_queries"] // len(m["graders"])
+    _card("data/ai_labels", "label_ai", seed=p.label_ai.seed, init=gen["model"], data=[pool],
+          signal=f"AI preference labels by {m['graders'][0]}",
+          judges=[g for g in m["graders"][:1] if g != "reward_model"],
+          reward_models=[p.ppo.reward.reward_model.model] if "reward_model" in m["graders"][:1] else [],
+          training_samples=m["pairs"], sample_unit="pairs", scored_responses=graded,
+          seconds=gen["seconds"] + m["seconds"],
+          notes=f"{m['pairs']} pairs of {m['prompts']} prompts; graders compared: {', '.join(m['graders'])}")
     typer.echo(f"label_ai: {m['pairs']} pairs ({m['dropped_below_margin']} below the margin) by {m['graders'][0]}; "
                f"agreement {m['agreement']} -> {out}")
 
@@ -365,7 +457,11 @@ def human_pairs_cmd(
     """People's labels of the human pool -> DPO pairs (majority of votes), with counts and annotator agreement."""
     from .training.human_pairs import human_pairs
 
-    m = human_pairs(pool, labels, out, metrics, _params(params))
+    p = _params(params)
+    m = human_pairs(pool, labels, out, metrics, p)
+    _card("data/human_labels", "human_pairs", seed=p.human_pairs.seed, init="models/sft", data=[pool, labels],
+          signal="human preference labels (detoxrl label-human)", training_samples=m["pairs"], sample_unit="pairs",
+          notes=f"{m['labels']} human labels; labelling time not measured")
     typer.echo(f"human_pairs: {m['labels']} labels ({m['stale_labels']} stale) -> {m['pairs']} pairs; {m['status']}")
 
 
@@ -553,15 +649,20 @@ def report(params: Path = ParamsOpt):
 @app.command()
 def ppo(
     params: Path = ParamsOpt,
-    out: Path = typer.Option(Path("models/ppo"), help="Output model directory."),
-    metrics: Path = typer.Option(Path("metrics/ppo.json"), help="Metrics file."),
-    plots: Path = typer.Option(Path("plots/ppo"), help="Training curves (dvclive) directory."),
+    out: Optional[Path] = typer.Option(None, help="Output model directory."),
+    metrics: Optional[Path] = typer.Option(None, help="Metrics file."),
+    plots: Optional[Path] = typer.Option(None, help="Training curves (dvclive) directory."),
     variant: str = typer.Option("plain", help="plain: the `ppo` params as they are | cvar: risk-averse PPO, `ppo` with "
                                 "`ppo.cvar` = the `ppo_cvar` block, enabled (the ppo_cvar experiment)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (the ppo@<seed> stages: one of `seeds`); the "
+                                       "outputs default to models/<name>/s<seed>, metrics/<name>/s<seed>.json, "
+                                       "plots/<name>/s<seed>, name ppo (plain) or ppo_cvar. Default: ppo.seed."),
+    cards_dir: Path = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
+                                   "experiments/results/cards, outside the report stage's deps)."),
 ):
-    """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo."""
+    """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo/s<seed>."""
     from .evaluation.generate import format_prompt
-    from .params import ppo_cvar_params
+    from .params import ppo_cvar_params, seeded_name
     from .scoring.rewards import make_reward
     from .training.ppo import train_ppo
 
@@ -569,16 +670,34 @@ def ppo(
     if variant not in ("plain", "cvar"):
         raise DetoxError(f"--variant {variant!r}: expected plain or cvar")
     ppo_params = ppo_cvar_params(p) if variant == "cvar" else p.ppo
+    seed = ppo_params.seed if seed is None else seed
+    ppo_params = ppo_params.model_copy(update={"seed": seed})
+    name = seeded_name("ppo_cvar" if variant == "cvar" else "ppo", seed)
+    out, metrics, plots = (out or Path("models") / name, metrics or Path("metrics") / f"{name}.json",
+                           plots or Path("plots") / name)
     launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
     reward = make_reward(p)
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out, metrics, plots,
-                      Path(".cache/checkpoints") / out.name, ppo_params, reward,
+                      Path(".cache/checkpoints") / name.replace("/", "_"), ppo_params, reward,
                       lambda text, tok: format_prompt(text, tok, p.generate),
                       reward_inputs=[path for path in ("models/reward", p.judges.trained_dir) if Path(path).exists()],
                       profiles=p.profiles)
+    rollouts = ppo_params.steps * ppo_params.batch_size
+    _card(name, "ppo", cards_dir, seed=seed, init="models/sft", data=["data/processed/ppo_prompts.jsonl"],
+          signal=reward.name, judges=reward.judges, reward_models=_reward_models(p), training_samples=rollouts,
+          sample_unit="rollouts",
+          scored_responses=rollouts, seconds=final["train_seconds"], platform=final["platform"],
+          notes=f"CVaR alpha 1 -> {ppo_params.cvar.alpha:g}" if ppo_params.cvar.enabled else "")
     if launch.rank() == 0:
         typer.echo(f"ppo: final reward {final['reward_score_mean']:.3f}, KL {final['objective_kl']:.3f}"
                    + (f", CVaR alpha {final['cvar_alpha']:.2f}" if ppo_params.cvar.enabled else "") + f" -> {out}")
+
+
+def _reward_models(p) -> list[str]:
+    """The reward models inside the `ppo.reward` signal (shared by every online RL method)."""
+    r = p.ppo.reward
+    return [r.reward_model.model] if r.source == "reward_model" or (
+        r.source == "composite" and r.composite.weights.get("reward_model")) else []
 
 
 @app.command("check-params")

@@ -395,6 +395,9 @@ class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init
     """DPO pairs (label_ai's or human_pairs' output)"""
     val: str
     """DPO validation pairs"""
+    labels_card: str
+    """the card of the labelled pairs (metrics/cards/<this>.json, written by the stage that labelled them): its
+    graders join the DPO models' training signal and its cost their budget"""
 
 
 class HumanPairsParams(Strict):

@@ -7,6 +7,15 @@ Definitions (Gehman et al., 2020), over the k continuations of each prompt:
 CIs resample prompts (not samples) with replacement, seeded; a paired CI resamples the same
 prompts for both models.
 
+Seeds: a method trained once per seed is S runs evaluated on the same n prompts, an (S, n) table of per-prompt
+values. Its value is the mean over seeds of each seed's value; its CI comes from a two-way (seeds x prompts)
+bootstrap: each resample draws n prompts with replacement, the same draw for every seed (the prompts are crossed
+with the seeds, not nested in them), and S seeds with replacement, and averages the drawn seeds' values on the drawn
+prompts. The interval covers both the training randomness (which seed) and the prompt sample. With one seed it is
+the prompt bootstrap above, resample for resample. A difference to a reference draws the reference's own seeds
+independently (separate training runs) and the same prompts (paired). Seed resampling with few seeds (3) is coarse
+and tends to be narrow: the table shows every seed's value beside it.
+
 Tail risk (RA-RLHF's target): the mean of the worst `fraction` of per-prompt maximum toxicities, i.e. the CVaR of
 the per-prompt max at level `fraction`; the worst fraction of n prompts is the ceil(fraction * n) highest maxima.
 """
@@ -48,6 +57,55 @@ def bootstrap_means(values: np.ndarray, n_samples: int, level: float, seed: int)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return [{"value": float(v), "ci_low": float(a), "ci_high": float(b)}
             for v, a, b in zip(values.mean(axis=0), lo, hi)]
+
+
+def mean_over_prompts(x: np.ndarray) -> np.ndarray:
+    """The statistic of the headline metrics: column means over the prompts axis (-2)."""
+    return x.mean(axis=-2)
+
+
+def _seed_replicates(runs: np.ndarray, pidx: np.ndarray, sidx: np.ndarray, stat) -> np.ndarray:
+    """(B, m') resampled values: for resample b, the mean over the drawn seeds sidx[b] of stat(the seed's rows
+    at the drawn prompts pidx[b]). runs (S, n, m), pidx (B, n), sidx (B, S)."""
+    per_seed = stat(runs[:, pidx])  # (S, B, m'): every seed at every prompt draw
+    return np.take_along_axis(per_seed, sidx.T[..., None], axis=0).mean(axis=0)
+
+
+def seeds_bootstrap(runs: np.ndarray, n_samples: int, level: float, seed: int, stat=mean_over_prompts,
+                    ref: np.ndarray | None = None, one_run: bool = False) -> dict:
+    """The two-way (seeds x prompts) bootstrap of the module docstring.
+
+    runs: (S, n, m) per-prompt values of S seeds on the same n prompts; ref: (R, n, m) of a reference on the same
+    prompts, or None; stat maps (..., n, m) to (..., m'). Returns {"stats": [{value, ci_low, ci_high}] per column,
+    "per_seed": (S, m') list of each seed's own value (minus the reference's mean value, when given)}.
+
+    one_run=True draws one seed per resample instead of S: the spread of a single training run's value (another
+    seed, or the same seed on another CPU kind), which is wider than the interval of the mean over S seeds."""
+    runs = np.asarray(runs, dtype=float)
+    n = runs.shape[1]
+    pidx = np.random.default_rng(seed).integers(0, n, size=(n_samples, n))  # = bootstrap_means' draw
+    sidx = np.random.default_rng([seed, 1]).integers(0, len(runs), size=(n_samples, 1 if one_run else len(runs)))
+    boots, per_seed = _seed_replicates(runs, pidx, sidx, stat), stat(runs)
+    value = per_seed.mean(axis=0)
+    if ref is not None:
+        ref = np.asarray(ref, dtype=float)
+        ridx = np.random.default_rng([seed, 2]).integers(0, len(ref), size=(n_samples, len(ref)))
+        ref_value = stat(ref).mean(axis=0)
+        boots, value, per_seed = (boots - _seed_replicates(ref, pidx, ridx, stat), value - ref_value,
+                                  per_seed - ref_value)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return {"stats": [{"value": float(v), "ci_low": float(a), "ci_high": float(b)} for v, a, b in zip(value, lo, hi)],
+            "per_seed": per_seed.tolist()}
+
+
+def stat_table(runs: list[dict[str, dict]], ids: list[str]) -> np.ndarray:
+    """(S, n, 3) per-prompt (max, any_toxic, mean) of each run's per_prompt() on the prompts `ids`."""
+    return np.stack([_stat_matrix(r, ids) for r in runs])
+
+
+def tail_stat(k: int):
+    """The statistic of a tail metric: the mean of the k largest per-prompt maxima (column 0), as a (..., 1)."""
+    return lambda x: _tail_mean(x[..., 0], k)[..., None]
 
 
 def toxicity_metrics(prompts: dict[str, dict], n_samples: int, level: float, seed: int) -> dict:

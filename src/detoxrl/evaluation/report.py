@@ -1,30 +1,89 @@
-"""The `report` stage: every model side by side, against the baseline, with CIs.
+"""The `report` stage: every method side by side, against the baseline, with intervals over seeds and prompts.
+
+The rows are params.yaml's `models:` (trained once, or not at all), `seeded:` (trained once per seed of `seeds`),
+`filters:` (moderation at inference) and the committed experiments of `report.experiments` whose results exist.
+What a row's model is (its method, training signal, judges inside it, budget, platform) comes from its model card
+(metrics/cards/<run>.json, src/detoxrl/cards.py): no method is known here by name.
+
+A seeded row's value is the mean over its seeds; its intervals come from the two-way (seeds x prompts) bootstrap
+of evaluation/metrics.py, and so do its verdicts (significant or not, reward-hacking gap, tail). A row trained once
+has a prompt-only interval, and the tables say so.
 
 Outputs:
-  metrics/summary.json           models x metrics (value + CI) and each model's paired difference
+  metrics/summary.json           rows x metrics (value + CI), each seed's value, and each row's paired difference
                                  to the baseline (stable keys: what `dvc metrics diff` compares)
-  plots/<metric>.csv             one row per model, for `dvc plots` (bars)
+  plots/<metric>.csv             one row per method, for `dvc plots` (bars)
   plots/toxicity.png, plots/max_toxicity_hist.png
-  reports/report.md              the table, the plots, judge validation, reward/judge overlap,
+  reports/report.md              the tables, the plots, judge validation, reward/judge overlap,
                                  most toxic continuations, tail risk
 Committed experiments (`report.experiments`, run by experiments/dvc.yaml, never by the default `dvc repro`) join
-every table where their results exist (experiments/results/<name>.json|jsonl), labelled as such. They are not
-declared deps of the report stage (a declared dep on them would pull the experiment into the default `dvc repro`):
-after rerunning one, `dvc repro --force --single-item report`.
+every table where their results exist (experiments/results/<name>/s<seed>.json|jsonl, cards in
+experiments/results/cards), labelled as such. They are not declared deps of the report stage (a declared dep on
+them would pull the experiment into the default `dvc repro`): after rerunning one, `dvc repro --force
+--single-item report`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..cards import read_card
 from ..io import atomic_file, read_jsonl, write_json
-from ..params import Params
+from ..params import Params, seeded_name
 from . import metrics as M
 
 HEADLINE = ("expected_max_toxicity", "toxicity_probability", "mean_toxicity")
+
+
+@dataclass
+class Row:
+    """One method of the report: its runs (one per seed, or one), their evaluations, scores and cards."""
+    name: str
+    runs: list[str]
+    kind: str  # model | seeded | filter | experiment
+    seeds: list[int] | None = None
+    reference: str | None = None  # experiments: the row it is paired with
+    evals: list[dict] = field(default_factory=list)
+    scores: list[list[dict]] = field(default_factory=list)
+    cards: list[dict] = field(default_factory=list)
+
+    @property
+    def seeded(self) -> bool:
+        return self.seeds is not None
+
+    @property
+    def judges(self) -> list[str]:
+        return sorted({j for c in self.cards for j in c["judges"]})
+
+
+def load_rows(params: Params, eval_dir: Path, scores_dir: Path, cards_dir: Path, experiments_dir: Path
+              ) -> dict[str, Row]:
+    rows: dict[str, Row] = {n: Row(n, [n], "model") for n in params.models}
+    rows |= {m: Row(m, [seeded_name(m, s) for s in params.seeds], "seeded", list(params.seeds)) for m in params.seeded}
+    rows |= {n: Row(n, [n], "filter") for n in params.filters}
+    for row in rows.values():
+        for run in row.runs:
+            row.evals.append(json.loads((eval_dir / f"{run}.json").read_text()))
+            row.scores.append(read_jsonl(scores_dir / f"{run}.jsonl"))
+            row.cards.append(read_card(run, cards_dir))
+    for name, ref in reversed(params.report.experiments.items()):  # after the row each is paired with
+        seeds = [s for s in params.seeds if (experiments_dir / f"{seeded_name(name, s)}.json").exists()
+                 and (experiments_dir / f"{seeded_name(name, s)}.jsonl").exists()]
+        if not seeds or ref not in rows:
+            continue
+        row = Row(name, [seeded_name(name, s) for s in seeds], "experiment", seeds, reference=ref)
+        for run in row.runs:
+            row.evals.append(json.loads((experiments_dir / f"{run}.json").read_text()))
+            row.scores.append(read_jsonl(experiments_dir / f"{run}.jsonl"))
+            row.cards.append(read_card(run, experiments_dir / "cards"))
+        items = list(rows.items())
+        at = [k for k, _ in items].index(ref) + 1
+        rows = dict(items[:at] + [(name, row)] + items[at:])
+    return rows
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
@@ -33,69 +92,118 @@ def _fmt(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['value']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
-def summarise(evals: dict[str, dict], scores: dict[str, list[dict]], params: Params) -> dict:
-    ev, base = params.evaluate, params.report.baseline
-    per_prompt = {m: M.per_prompt(rows, ev.toxic_threshold) for m, rows in scores.items()}
+def _label(row: Row) -> str:
+    return {"experiment": f"{row.name} (committed experiment)", "filter": f"{row.name} (moderation filter)"}.get(
+        row.kind, row.name)
+
+
+def _interval(row: Row) -> str:
+    return f"{len(row.runs)} seeds: seeds x prompts" if len(row.runs) > 1 else "1 run: prompts only"
+
+
+class Stats:
+    """The bootstrap settings and the prompts every table is computed on."""
+
+    def __init__(self, rows: dict[str, Row], params: Params):
+        ev = params.evaluate
+        self.n, self.level, self.seed, self.threshold = ev.bootstrap_samples, ev.ci_level, ev.seed, ev.toxic_threshold
+        self.fractions = ev.tail_fractions
+        base = rows[params.report.baseline]
+        self.prompts = M.per_prompt(base.scores[0], self.threshold)  # prompt id -> subset, from the baseline
+        common = set(self.prompts)
+        for row in rows.values():
+            for s in row.scores:
+                common &= {r["prompt_id"] for r in s}
+        self.ids = sorted(common)
+
+    def table(self, row: Row, judge: str | None = None, ids: list[str] | None = None) -> np.ndarray:
+        """(runs, prompts, 3) per-prompt max / any-toxic / mean of each run, by the headline judge or `judge`."""
+        runs = [M.per_prompt(s if judge is None else [{**r, "toxicity": r["judges"][judge]} for r in s],
+                             self.threshold) for s in row.scores]
+        return M.stat_table(runs, ids or self.ids)
+
+    def boot(self, x: np.ndarray, ref: np.ndarray | None = None, stat=M.mean_over_prompts, one_run: bool = False):
+        return M.seeds_bootstrap(x, self.n, self.level, self.seed, stat, ref, one_run)
+
+    def groups(self) -> dict[str, list[str]]:
+        return M._groups({i: self.prompts[i] for i in self.ids})
+
+    def tail(self, x_by_group: dict[str, np.ndarray], ref_by_group: dict[str, np.ndarray] | None = None) -> dict:
+        out = {}
+        for g, x in x_by_group.items():
+            out[g] = {"n_prompts": x.shape[1]}
+            for f in self.fractions:
+                k = M.tail_size(x.shape[1], f)
+                b = self.boot(x[..., :1], None if ref_by_group is None else ref_by_group[g][..., :1], M.tail_stat(k))
+                out[g][M.tail_key(f)] = {**b["stats"][0], "n_tail": k}
+        return out
+
+
+def _headline(b: dict) -> dict:
+    return dict(zip(HEADLINE, b["stats"]))
+
+
+def summarise(rows: dict[str, Row], params: Params) -> dict:
+    st, base = Stats(rows, params), params.report.baseline
+    tables = {n: st.table(r) for n, r in rows.items()}
+    idx = {i: k for k, i in enumerate(st.ids)}
+    by_group = {n: {g: t[:, [idx[i] for i in ids]] for g, ids in st.groups().items()} for n, t in tables.items()}
     models = {}
-    for name, e in evals.items():
-        overall = e["toxicity"]["overall"]
+    for name, row in rows.items():
+        b = st.boot(tables[name])
+        def mean(f, row=row):  # over the runs
+            return float(np.mean([f(e) for e in row.evals]))
+
+        ppl = [e["fluency"]["perplexity"] for e in row.evals]
         models[name] = {
-            **{k: overall[k] for k in HEADLINE},
-            "by_subset": {s: {k: v[k]["value"] for k in HEADLINE} for s, v in e["toxicity"].items() if s != "overall"},
-            "perplexity": e["fluency"]["perplexity"],
-            "distinct_2": e["diversity"]["distinct_2"],
-            "mean_tokens": e["length"]["mean_tokens"],
-            "eos_rate": e["length"]["eos_rate"],
+            **_headline(b), "interval": _interval(row), "kind": row.kind, "seeds": row.seeds, "runs": row.runs,
+            "by_subset": {s: {k: float(np.mean([e["toxicity"][s][k]["value"] for e in row.evals])) for k in HEADLINE}
+                          for s in row.evals[0]["toxicity"] if s != "overall"},
+            "perplexity": float(np.mean(ppl)) if all(ppl) else None,
+            "distinct_2": mean(lambda e: e["diversity"]["distinct_2"]),
+            "mean_tokens": mean(lambda e: e["length"]["mean_tokens"]),
+            "eos_rate": mean(lambda e: e["length"]["eos_rate"]),
+            "tail": st.tail(by_group[name]),
+            "judges_in_reward": row.judges,
+            "method": row.cards[0]["method"], "signal": row.cards[0]["signal"],
+            "budget": {**row.cards[0]["budget"],
+                       "seconds": round(float(np.mean([c["budget"]["seconds"] for c in row.cards])), 1)},
+            "notes": row.cards[0]["notes"],
         }
-    vs = {name: M.paired_difference(per_prompt[name], per_prompt[base], ev.bootstrap_samples, ev.ci_level, ev.seed)
-          for name in evals if name != base}
-    for name in models:  # tail risk from the scores, for every model alike (= its evaluate's `tail`)
-        models[name]["tail"] = M.tail_metrics(per_prompt[name], ev.tail_fractions, ev.bootstrap_samples, ev.ci_level,
-                                              ev.seed)
-    experiments = {name: {"reference": ref, "committed_experiment": True,
-                          "vs_reference": {"toxicity": M.paired_difference(per_prompt[name], per_prompt[ref],
-                                                                           ev.bootstrap_samples, ev.ci_level, ev.seed),
-                                           "tail": M.paired_tail_difference(per_prompt[name], per_prompt[ref],
-                                                                            ev.tail_fractions, ev.bootstrap_samples,
-                                                                            ev.ci_level, ev.seed)}}
-                   for name, ref in params.report.experiments.items() if name in evals and ref in evals}
-    return {"baseline": base, "judge": next(iter(evals.values()))["judge"], "ci_level": ev.ci_level,
-            "models": models, "vs_baseline": vs, "vs_models": vs_models(scores, params), "experiments": experiments}
+        if row.seeded:
+            models[name]["per_seed"] = {k: [v[i] for v in b["per_seed"]] for i, k in enumerate(HEADLINE)}
+            models[name]["per_seed_perplexity"] = ppl
+            models[name]["one_run"] = _headline(st.boot(tables[name], one_run=True))
+    vs = {n: {"n_prompts": len(st.ids), **_headline(st.boot(tables[n], tables[base]))} for n in rows if n != base}
+    experiments = {}
+    for name, row in rows.items():
+        if row.kind == "experiment":
+            ref = row.reference
+            experiments[name] = {"reference": ref, "committed_experiment": True, "vs_reference": {
+                "toxicity": {"n_prompts": len(st.ids), **_headline(st.boot(tables[name], tables[ref]))},
+                "tail": st.tail(by_group[name], by_group[ref])}}
+    summary = {"baseline": base, "judge": rows[base].evals[0]["judge"], "ci_level": st.level,
+               "seeds": list(params.seeds), "models": models, "vs_baseline": vs,
+               "vs_models": vs_models(rows, st, params), "experiments": experiments}
+    summary["overlap"] = {n: overlap(row, rows[base], st, params) for n, row in rows.items()
+                          if row.cards[0]["method"] != "base"}
+    return summary
 
 
-def _label(name: str, summary: dict) -> str:
-    return f"{name} (committed experiment)" if name in summary.get("experiments", {}) else name
-
-
-def load_experiments(evals: dict[str, dict], scores: dict[str, list[dict]], experiments_dir: Path,
-                     params: Params) -> None:
-    """Add each `report.experiments` entry whose committed results exist (experiments/results/<name>.json and
-    .jsonl, written by experiments/dvc.yaml) to evals and scores, right after the model it is paired with."""
-    for name, ref in reversed(params.report.experiments.items()):
-        metrics, rows = experiments_dir / f"{name}.json", experiments_dir / f"{name}.jsonl"
-        if not (metrics.exists() and rows.exists()) or ref not in evals:
-            continue
-        for d, value in ((evals, json.loads(metrics.read_text())), (scores, read_jsonl(rows))):
-            items = list(d.items())
-            at = [k for k, _ in items].index(ref) + 1
-            d.clear()
-            d.update(items[:at] + [(name, value)] + items[at:])
-
-
-def vs_models(scores: dict[str, list[dict]], params: Params) -> dict:
-    """{reference: {model: {judge: paired difference}}} for each `report.compare` reference, by every judge
-    that scored both models (each row's `judges`), so a drop can be read by judges inside and outside a reward."""
-    ev, out = params.evaluate, {}
+def vs_models(rows: dict[str, Row], st: Stats, params: Params) -> dict:
+    """{reference: {row: {judge: paired difference}}} for each `report.compare` reference, by every judge that
+    scored both rows' runs, so a drop can be read by judges inside and outside a reward."""
+    out = {}
     for ref in params.report.compare:
         out[ref] = {}
-        for name in scores:
-            if name in (ref, params.report.baseline) or not scores[name] or not scores[ref]:
+        for name, row in rows.items():
+            if name in (ref, params.report.baseline):
                 continue
-            judges = [j for j in scores[name][0].get("judges", {}) if j in scores[ref][0].get("judges", {})]
-            out[ref][name] = {j: M.paired_difference(
-                M.per_prompt([{**r, "toxicity": r["judges"][j]} for r in scores[name]], ev.toxic_threshold),
-                M.per_prompt([{**r, "toxicity": r["judges"][j]} for r in scores[ref]], ev.toxic_threshold),
-                ev.bootstrap_samples, ev.ci_level, ev.seed) for j in judges}
+            judges = [j for j in row.scores[0][0].get("judges", {})
+                      if all(j in s[0].get("judges", {}) for s in [*row.scores, *rows[ref].scores])]
+            out[ref][name] = {j: {"n_prompts": len(st.ids), **_headline(st.boot(st.table(row, j),
+                                                                                 st.table(rows[ref], j)))}
+                              for j in judges}
     return out
 
 
@@ -156,103 +264,78 @@ def _fmt_ci(stat: dict) -> str:
     return f"{stat['value']:.3f} [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]"
 
 
-def _chat_lines(chat_dir: Path, answers_dir: Path, base: str, params: Params) -> list[str]:
-    """The chat-domain table: each model's answers to held-out ToxicChat inputs, by category, with refusal rates
-    and the paired difference to the baseline."""
-    evals = {m: json.loads((chat_dir / f"{m}.json").read_text()) for m in params.models
-             if (chat_dir / f"{m}.json").exists()}
-    if not evals:
-        return []
-    first = next(iter(evals.values()))
-    ev = params.evaluate
-    cats = [c for c in ("toxic", "jailbreaking", "nontoxic") if first["prompts"].get(c)]
-    lines = ["", "## Chat domain: held-out ToxicChat user inputs", "",
-             f"{first['n_prompts']} user inputs that no model or judge trained on ("
-             + ", ".join(f"{first['prompts'][c]} {c}" for c in cats) + f"), answered in each model's chat template, "
-             f"k = {first['k']}; headline judge `{first['judge']}` (trained on ToxicChat human labels, calibrated to "
-             "the human toxic rate). Expected max toxicity by category; refusal = an answer matching "
-             "`chat_eval.refusal_patterns`.", "",
-             "| model | expected max toxicity | " + " | ".join(f"EMT {c}" for c in cats)
-             + " | toxicity probability | refusal rate | " + " | ".join(f"refusal {c}" for c in cats) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in cats)
-             + " | --- | --- | " + " | ".join("---" for _ in cats) + " |"]
-    for name, r in evals.items():
-        t, ref = r["toxicity"], r["refusal_rate"]
-        lines.append(f"| {name}{'' if r['chat_template'] else ' (no template: raw text)'} | "
-                     f"{_fmt(t['overall']['expected_max_toxicity'])} | "
-                     + " | ".join(_fmt(t[c]["expected_max_toxicity"]) if c in t else "n/a" for c in cats)
-                     + f" | {_fmt(t['overall']['toxicity_probability'])} | {_fmt(ref['overall'])} | "
-                     + " | ".join(_fmt(ref[c]) if c in ref else "n/a" for c in cats) + " |")
-    if base in evals and (answers_dir / f"{base}.jsonl").exists():
-        per = {m: M.per_prompt(read_jsonl(answers_dir / f"{m}.jsonl"), ev.toxic_threshold) for m in evals
-               if (answers_dir / f"{m}.jsonl").exists()}
-        lines += ["", f"Paired difference to `{base}` (same prompts): Δ expected max toxicity, Δ toxicity probability",
-                  "", "| model | Δ expected max toxicity | Δ toxicity probability |", "| --- | --- | --- |"]
-        for name in per:
-            if name != base:
-                d = M.paired_difference(per[name], per[base], ev.bootstrap_samples, ev.ci_level, ev.seed)
-                lines.append(f"| {name} | {_fmt(d['expected_max_toxicity'])} | {_fmt(d['toxicity_probability'])} |")
-    return lines
+def overlap(row: Row, base: Row, st: Stats, params: Params) -> dict:
+    """A row's toxicity by a judge outside its training signal beside an in-signal judge's (its card's judges).
+
+    The independent judge is the ensemble if none of its members is in the signal, else the first independent
+    judge evaluated. `gap` is the difference between the drop against the baseline that the in-signal judge sees
+    and the drop the independent judge sees (expected max toxicity; over seeds and prompts for a seeded row); a gap
+    whose interval lies below 0 (the in-signal judge sees a larger drop) is flagged as possible reward hacking."""
+    in_reward = row.judges
+    reward = set().union(*(_expand(j, params) for j in in_reward)) if in_reward else set()
+    judged = [j for j, v in row.evals[0].get("by_judge", {}).items() if "skipped" not in v]
+    inside = sorted((j for j in judged if _expand(j, params) & reward), key=lambda j: j not in reward)
+    independent = [j for j in judged if not _expand(j, params) & reward]
+    out: dict = {"judges_in_reward": in_reward, "in_reward_judge": inside[0] if inside else None,
+                 "independent_judge": "ensemble" if "ensemble" in independent else next(iter(independent), None)}
+    tables = {}
+    for role in ("in_reward_judge", "independent_judge"):
+        j = out[role]
+        if j is not None:
+            tables[role] = st.table(row, j), st.table(base, j)
+            out[role.replace("judge", "metrics")] = _headline(st.boot(tables[role][0]))
+    if out["in_reward_judge"] is None or out["independent_judge"] is None:
+        return out
+    (m_in, b_in), (m_ind, b_ind) = tables["in_reward_judge"], tables["independent_judge"]
+    if row.name != base.name:
+        gap = st.boot((m_in - m_ind)[..., :1], (b_in - b_ind)[..., :1])["stats"][0]
+        out.update(vs_baseline_in_reward=st.boot(m_in, b_in)["stats"][0],
+                   vs_baseline_independent=st.boot(m_ind, b_ind)["stats"][0], gap=gap,
+                   possible_reward_hacking=gap["ci_high"] < 0)
+    j_in, j_ind = out["in_reward_judge"], out["independent_judge"]
+    disagree = sorted(row.scores[0], key=lambda r: -abs(r["judges"][j_in] - r["judges"][j_ind]))
+    out["disagreements"] = [{"prompt_id": r["prompt_id"], "answer": r["answer"], j_in: r["judges"][j_in],
+                             j_ind: r["judges"][j_ind]} for r in disagree[:params.report.n_examples]]
+    return out
 
 
-def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]:
-    """One row per method: the headline toxicity with CIs, the paired difference to SFT, fluency, and the budget
-    that bought it (training samples, responses scored by a judge/RM, wall time of the stages that made it)."""
-    def load(name: str) -> dict:
-        path = metrics_dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+def _seed_values(m: dict, key: str = "expected_max_toxicity") -> str:
+    return ", ".join(f"{v:.3f}" for v in m["per_seed"][key]) if "per_seed" in m else ""
 
-    gen, labels = load("pref_gen"), load("label_ai")
-    budget = {"base": ("none", "0", "0")}
-    if (m := load("sft")) and "sft" in summary["models"]:
-        budget["sft"] = (f"{m['steps'] * params.sft.batch_size * params.sft.grad_accum} dialogues", "0", "n/a")
-    if (m := load("dpo")) and "dpo" in summary["models"]:
-        budget["dpo"] = (f"{m.get('pairs_seen', '?')} HH pairs (human labels)", "0", f"{m.get('train_seconds', 0):.0f}")
-    if (m := load("dpo_rlaif")) and "dpo_rlaif" in summary["models"] and gen and labels:
-        graded = labels["grader_queries"] // len(labels["graders"])
-        budget["dpo_rlaif"] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({labels['pairs']} labelled)",
-                               f"{graded} x {' + '.join(labels['graders'])}",
-                               f"{gen['seconds'] + labels['seconds'] + m.get('train_seconds', 0):.0f}")
-    people = load("human_labels")
-    for key, run in params.feedback_runs.items():
-        name, m = f"dpo_{key}", load(f"dpo_{key}")
-        if key == "rlaif" or not m or name not in summary["models"] or not people:
-            continue
-        start = {d: n for n, d in params.models.items()}.get(run.init, run.init)
-        budget[name] = (f"{m.get('pairs_seen', '?')} on-policy pairs ({people['pairs']} human-labelled), from {start}",
-                        f"{people['labels']} human labels",
-                        f"{gen['seconds'] + m.get('train_seconds', 0):.0f} + labelling")
-    for name in ("ppo", *summary.get("experiments", {})):  # PPO, and PPO variants run as committed experiments
-        if (m := load(name)) and name in summary["models"] and "reward_source" in m:
-            rollouts = m["steps"] * params.ppo.batch_size
-            steps_file = metrics_dir.parent / "plots" / name / "plots" / "metrics" / "time" / "step_s.tsv"
-            seconds = (f"{sum(float(line.split()[1]) for line in steps_file.read_text().splitlines()[1:]):.0f}"
-                       if steps_file.exists() else "n/a")  # the sum of PPO's per-step times (its dvclive curve)
-            cvar = f", CVaR alpha 1 -> {m['cvar_alpha']:g}" if m.get("cvar_alpha", 1.0) < 1.0 else ""
-            budget[name] = (f"{rollouts} rollouts{cvar}", f"{rollouts} x {m['reward_source']}", seconds)
-    for name in params.filters:  # inference-time: no training; extra samples and judge queries at every use
-        if (m := load(f"filter/{name}")) and name in summary["models"]:
-            budget[name] = (f"0 (+{m['extra_samples']} samples at inference)",
-                            f"{m['judge_queries']} x {m['judge']['name']} (moderation)", f"{m['seconds']:.0f}")
+
+def _method_lines(summary: dict, rows: dict[str, Row], labels: dict) -> list[str]:
+    """One row per method: its headline toxicity with the interval over seeds and prompts, each seed's value, the
+    paired difference to `sft` and its verdict, fluency, and the budget that bought it (from the model cards)."""
+    head = summary["judge"]["name"]
     vs_sft = summary["vs_models"].get("sft", {})
     lines = ["", "## Methods compared", "",
-             "Each method's headline toxicity (judge `" + summary["judge"]["name"] + "`) with its paired difference "
-             "to `sft` (the start of every trained method), fluency, and its budget: training samples, responses "
-             "scored by a judge or reward model to make its training signal, and the wall time of the stages that "
-             "made it (generation and labelling included). PPO's and dpo_rlaif's default budgets of scored "
-             "responses are equal, so the Δ column compares what each buys per query. A filter row (`filters:`) is "
-             "its source model's outputs through a moderation judge at inference: no training; its budget is the "
-             "extra samples it drew and the judge's queries, paid again at every use.", "",
-             "| method | expected max toxicity | Δ vs sft | toxicity probability | perplexity | training samples "
-             "| responses scored | seconds |", "| --- | --- | --- | --- | ---: | --- | --- | ---: |"]
+             f"Each method's headline toxicity (judge `{head}`) and its paired difference to `sft` (the start of "
+             "every trained method). A method trained once per seed shows the mean over its seeds with an interval "
+             "from the two-way bootstrap over seeds and prompts, and each seed's own value; a method trained once "
+             "shows a prompt-only interval (one run is one draw: the spread over training seeds is not in it). "
+             "Budget, from each model's card: training samples, responses a judge or reward model scored to make "
+             "the training signal, and the wall seconds of the stages that made one run (generation and labelling "
+             "included). Δ per 1k scored = the Δ vs sft divided by the responses scored, x 1000: what a query buys. "
+             "A filter row is its source model's outputs through a moderation judge at inference: its budget is "
+             "paid again at every use.", "",
+             "| method | runs | expected max toxicity | each seed | Δ vs sft | significant vs sft | Δ per 1k scored "
+             "| toxicity probability | perplexity | training samples | responses scored | seconds per run |",
+             "| --- | --- | --- | --- | --- | --- | ---: | --- | ---: | --- | --- | ---: |"]
     for name, m in summary["models"].items():
-        samples, queries, seconds = budget.get(name, ("n/a", "n/a", "n/a"))
-        head = summary["judge"]["name"]
-        d = vs_sft.get(name, {}).get(head)
+        b = m["budget"]
+        d = vs_sft.get(name, {}).get(head, {}).get("expected_max_toxicity")
+        sig = "" if not d else ("yes: lower" if d["ci_high"] < 0 else "yes: higher" if d["ci_low"] > 0 else "no")
+        per_k = f"{1000 * d['value'] / b['scored_responses']:.3f}" if d and b["scored_responses"] else ""
+        samples = (f"{b['training_samples']} {b['sample_unit']}".strip() if b["training_samples"] else "0")
+        if b["inference_samples"]:
+            samples += f" (+{b['inference_samples']} samples at inference)"
+        if m["notes"] and rows[name].kind != "filter":
+            samples += f"; {m['notes']}"
+        scored = f"{b['scored_responses']} x {m['signal']}" if b["scored_responses"] else "0"
         ppl = f"{m['perplexity']:.1f}" if m["perplexity"] else "n/a"
-        lines.append(f"| {_label(name, summary)} | {_fmt(m['expected_max_toxicity'])} | "
-                     f"{_fmt(d['expected_max_toxicity']) if d else ''}"
-                     f" | {_fmt(m['toxicity_probability'])} | {ppl} | {samples} | {queries} | {seconds} |")
+        lines.append(f"| {_label(rows[name])} | {_interval(rows[name])} | {_fmt(m['expected_max_toxicity'])} | "
+                     f"{_seed_values(m)} | {_fmt(d) if d else ''} | {sig} | {per_k} | "
+                     f"{_fmt(m['toxicity_probability'])} | {ppl} | {samples} | {scored} | {b['seconds']:.0f} |")
     if labels.get("agreement"):
         lines += ["", "AI labels: " + f"{labels['pairs']} pairs kept of {labels['prompts']} prompts "
                   f"({labels['dropped_below_margin']} below the margin {labels['min_margin']}); grader agreement "
@@ -260,11 +343,93 @@ def _method_lines(summary: dict, metrics_dir: Path, params: Params) -> list[str]
     return lines
 
 
-def _feedback_inits(params: Params) -> dict[str, str]:
-    """dpo_<key> -> the evaluated model that dpo_feedback@<key> started from, where that is not sft."""
-    by_dir = {d: n for n, d in params.models.items()}
-    return {f"dpo_{k}": by_dir[r.init] for k, r in params.feedback_runs.items()
-            if r.init in by_dir and by_dir[r.init] != "sft" and f"dpo_{k}" in params.models}
+def _tail_lines(summary: dict, rows: dict[str, Row], params: Params) -> list[str]:
+    """Tail risk per method (the mean of the worst fractions of per-prompt max toxicities, overall and on the
+    challenging subset) and each committed experiment's paired difference to its reference method."""
+    keys = [(M.tail_key(f), f"{f:.0%}") for f in params.evaluate.tail_fractions]
+    groups = [g for g in ("overall", "challenging") if all(g in m["tail"] for m in summary["models"].values())]
+    head = [f"worst {pct}{'' if g == 'overall' else ' ' + g}" for g in groups for _, pct in keys]
+    lines = ["", "## Tail risk: the worst prompts", "",
+             f"The mean of the worst {' / '.join(pct for _, pct in keys)} of per-prompt maximum toxicities (judge `"
+             + summary["judge"]["name"] + "`; the CVaR of the per-prompt max: the worst ceil(fraction x n) prompts), "
+             "overall and on the challenging prompts; intervals over seeds and prompts (seeded methods: each seed's "
+             "own worst prompts, averaged over seeds) or over prompts (one run). Risk-averse RLHF (RA-RLHF) trains "
+             "on the worst returns of each batch to lower this tail more than the mean.", "",
+             "| method | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    for name, m in summary["models"].items():
+        lines.append(f"| {_label(rows[name])} | "
+                     + " | ".join(_fmt(m["tail"][g].get(k)) for g in groups for k, _ in keys) + " |")
+    for name, x in summary.get("experiments", {}).items():
+        ref, d = x["reference"], x["vs_reference"]
+        lines += ["", f"`{name}` (committed experiment: `dvc repro experiments/dvc.yaml:{name}`) minus `{ref}`, paired "
+                  "over the same prompts, seeds of each drawn independently (each model's own worst prompts among "
+                  "each resample):", "",
+                  "| prompts | " + " | ".join(f"Δ worst {pct}" for _, pct in keys) + " | Δ expected max toxicity |",
+                  "| --- |" + " --- |" * (len(keys) + 1)]
+        for g, t in d["tail"].items():
+            emt = _fmt(d["toxicity"]["expected_max_toxicity"]) if g == "overall" else ""
+            lines.append(f"| {g} ({t['n_prompts']}) | " + " | ".join(_fmt(t.get(k)) for k, _ in keys) + f" | {emt} |")
+        k, pct = keys[0]
+        t = d["tail"]["overall"][k]
+        verdict = ("lowers" if t["ci_high"] < 0 else "raises" if t["ci_low"] > 0 else "does not significantly change")
+        lines += ["", f"`{name}` {verdict} the worst-{pct} tail relative to `{ref}` ({_fmt(t)}; the budgets are in "
+                  "the methods table)."]
+    return lines
+
+
+def _chat_lines(chat_dir: Path, answers_dir: Path, rows: dict[str, Row], base: str, st: Stats) -> list[str]:
+    """The chat-domain table: each method's answers to held-out ToxicChat inputs, by category, with refusal rates
+    (means over seeds) and the difference to the baseline (over seeds and prompts for a seeded method)."""
+    have = {n: r for n, r in rows.items() if all((chat_dir / f"{run}.json").exists() for run in r.runs)}
+    evals = {n: [json.loads((chat_dir / f"{run}.json").read_text()) for run in r.runs] for n, r in have.items()}
+    if not evals:
+        return []
+    first = next(iter(evals.values()))[0]
+    cats = [c for c in ("toxic", "jailbreaking", "nontoxic") if first["prompts"].get(c)]
+
+    def mean(runs, get):
+        vals = [get(r) for r in runs]
+        return None if any(v is None for v in vals) else {"value": float(np.mean([v["value"] for v in vals])),
+                                                          "ci_low": min(v["ci_low"] for v in vals),
+                                                          "ci_high": max(v["ci_high"] for v in vals)}
+
+    lines = ["", "## Chat domain: held-out ToxicChat user inputs", "",
+             f"{first['n_prompts']} user inputs that no model or judge trained on ("
+             + ", ".join(f"{first['prompts'][c]} {c}" for c in cats) + f"), answered in each model's chat template, "
+             f"k = {first['k']}; headline judge `{first['judge']}` (trained on ToxicChat human labels, calibrated to "
+             "the human toxic rate). Expected max toxicity by category; refusal = an answer matching "
+             "`chat_eval.refusal_patterns`. A seeded method shows the mean over its seeds, in brackets the lowest "
+             "and highest bound of its seeds' prompt intervals.", "",
+             "| method | expected max toxicity | " + " | ".join(f"EMT {c}" for c in cats)
+             + " | toxicity probability | refusal rate | " + " | ".join(f"refusal {c}" for c in cats) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in cats)
+             + " | --- | --- | " + " | ".join("---" for _ in cats) + " |"]
+    for name, runs in evals.items():
+        def t(c, k, runs=runs):
+            return mean(runs, lambda r: r["toxicity"].get(c, {}).get(k))
+
+        def ref(c, runs=runs):
+            return mean(runs, lambda r: r["refusal_rate"].get(c))
+
+        lines.append(f"| {_label(rows[name])}{'' if runs[0]['chat_template'] else ' (no template: raw text)'} | "
+                     f"{_fmt(t('overall', 'expected_max_toxicity'))} | "
+                     + " | ".join(_fmt(t(c, "expected_max_toxicity")) for c in cats)
+                     + f" | {_fmt(t('overall', 'toxicity_probability'))} | {_fmt(ref('overall'))} | "
+                     + " | ".join(_fmt(ref(c)) for c in cats) + " |")
+    answers = {n: [M.per_prompt(read_jsonl(answers_dir / f"{run}.jsonl"), st.threshold) for run in rows[n].runs]
+               for n in evals if all((answers_dir / f"{run}.jsonl").exists() for run in rows[n].runs)}
+    if base in answers:
+        ids = sorted(set.intersection(*(set(p) for runs in answers.values() for p in runs)))
+        ref_table = M.stat_table(answers[base], ids)
+        lines += ["", f"Difference to `{base}` (same prompts; seeded methods over seeds and prompts): Δ expected max "
+                  "toxicity, Δ toxicity probability", "",
+                  "| method | Δ expected max toxicity | Δ toxicity probability |", "| --- | --- | --- |"]
+        for name, runs in answers.items():
+            if name != base:
+                d = _headline(st.boot(M.stat_table(runs, ids), ref_table))
+                lines.append(f"| {_label(rows[name])} | {_fmt(d['expected_max_toxicity'])} | "
+                             f"{_fmt(d['toxicity_probability'])} |")
+    return lines
 
 
 def _people_lines(metrics_dir: Path) -> list[str]:
@@ -302,38 +467,6 @@ def _people_lines(metrics_dir: Path) -> list[str]:
     return lines
 
 
-def _tail_lines(summary: dict, params: Params) -> list[str]:
-    """Tail risk per model (the mean of the worst fractions of per-prompt max toxicities, overall and on the
-    challenging subset) and each committed experiment's paired difference to its reference model."""
-    keys = [(M.tail_key(f), f"{f:.0%}") for f in params.evaluate.tail_fractions]
-    groups = [g for g in ("overall", "challenging") if all(g in m["tail"] for m in summary["models"].values())]
-    head = [f"worst {pct}{'' if g == 'overall' else ' ' + g}" for g in groups for _, pct in keys]
-    lines = ["", "## Tail risk: the worst prompts", "",
-             f"The mean of the worst {' / '.join(pct for _, pct in keys)} of per-prompt maximum toxicities (judge `"
-             + summary["judge"]["name"] + "`; the CVaR of the per-prompt max: the worst ceil(fraction x n) prompts), "
-             "overall and on the challenging prompts, with bootstrap CIs over prompts. Risk-averse RLHF (RA-RLHF) "
-             "trains on the worst returns of each batch to lower this tail more than the mean.", "",
-             "| model | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
-    for name, m in summary["models"].items():
-        lines.append(f"| {_label(name, summary)} | "
-                     + " | ".join(_fmt(m["tail"][g].get(k)) for g in groups for k, _ in keys) + " |")
-    for name, x in summary.get("experiments", {}).items():
-        ref, d = x["reference"], x["vs_reference"]
-        lines += ["", f"`{name}` (committed experiment: `dvc repro experiments/dvc.yaml:{name}`) minus `{ref}`, paired "
-                  "over the same prompts (each model's own worst prompts among each resample):", "",
-                  "| prompts | " + " | ".join(f"Δ worst {pct}" for _, pct in keys) + " | Δ expected max toxicity |",
-                  "| --- |" + " --- |" * (len(keys) + 1)]
-        for g, t in d["tail"].items():
-            emt = _fmt(d["toxicity"]["expected_max_toxicity"]) if g == "overall" else ""
-            lines.append(f"| {g} ({t['n_prompts']}) | " + " | ".join(_fmt(t.get(k)) for k, _ in keys) + f" | {emt} |")
-        k, pct = keys[0]
-        t = d["tail"]["overall"][k]
-        verdict = ("lowers" if t["ci_high"] < 0 else "raises" if t["ci_low"] > 0 else "does not significantly change")
-        lines += ["", f"`{name}` {verdict} the worst-{pct} tail relative to `{ref}` ({_fmt(t)}; the budgets are in "
-                  "the methods table)."]
-    return lines
-
-
 def _human_label_lines(judges: dict, chat_judge_path: Path) -> list[str]:
     tc = judges.get("toxicchat")
     if not tc:
@@ -360,7 +493,9 @@ def _human_label_lines(judges: dict, chat_judge_path: Path) -> list[str]:
     return lines
 
 
-def _plots(summary: dict, scores: dict[str, list[dict]], threshold: float, plots_dir: Path) -> list[str]:
+def _plots(summary: dict, maxes: dict[str, list[float]], threshold: float, plots_dir: Path) -> list[str]:
+    """Bars of each method's headline metrics with their intervals; the histogram of per-prompt maxima (every
+    run of a seeded method pooled)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,11 +524,10 @@ def _plots(summary: dict, scores: dict[str, list[dict]], threshold: float, plots
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for n in names:
-        maxes = [p["max"] for p in M.per_prompt(scores[n], threshold).values()]
-        ax.hist(maxes, bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=n)
+        ax.hist(maxes[n], bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=n, density=True)
     ax.axvline(threshold, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("max toxicity over a prompt's k continuations")
-    ax.set_ylabel("prompts")
+    ax.set_ylabel("share of prompts")
     ax.legend()
     fig.tight_layout()
     fig.savefig(plots_dir / files[1], dpi=100)
@@ -431,54 +565,6 @@ def _expand(judge: str, params: Params) -> set[str]:
     return set(params.judges.ensemble.members) if judge == "ensemble" else {judge}
 
 
-def overlap(name: str, in_reward: list[str], evals: dict[str, dict], scores: dict[str, list[dict]],
-            params: Params) -> dict:
-    """A trained model's toxicity by a judge outside its training reward beside an in-reward judge's.
-
-    The independent judge is the ensemble if none of its members is in the reward, else the first
-    independent judge evaluated. `gap` is the paired-bootstrap difference between the drop against the
-    baseline that the in-reward judge sees and the drop the independent judge sees (expected max
-    toxicity); a gap whose CI lies below 0 (the in-reward judge sees a larger drop) is flagged as
-    possible reward hacking.
-    """
-    ev, base = params.evaluate, params.report.baseline
-    reward = set().union(*(_expand(j, params) for j in in_reward)) if in_reward else set()
-    judged = [j for j, v in evals[name].get("by_judge", {}).items() if "skipped" not in v]
-    inside = sorted((j for j in judged if _expand(j, params) & reward), key=lambda j: j not in reward)
-    independent = [j for j in judged if not _expand(j, params) & reward]
-    out: dict = {"judges_in_reward": in_reward, "in_reward_judge": inside[0] if inside else None,
-                 "independent_judge": "ensemble" if "ensemble" in independent else next(iter(independent), None)}
-    for role in ("in_reward_judge", "independent_judge"):
-        j = out[role]
-        if j is not None:
-            t = evals[name]["by_judge"][j]["toxicity"]["overall"]
-            out[role.replace("judge", "metrics")] = {k: t[k] for k in HEADLINE}
-    if out["in_reward_judge"] is None or out["independent_judge"] is None:
-        return out
-    j_in, j_ind = out["in_reward_judge"], out["independent_judge"]
-
-    def per_prompt(rows, j):
-        return M.per_prompt([{**r, "toxicity": r["judges"][j]} for r in rows], ev.toxic_threshold)
-
-    if name != base and base in scores:
-        d_in = M.paired_difference(per_prompt(scores[name], j_in), per_prompt(scores[base], j_in),
-                                   ev.bootstrap_samples, ev.ci_level, ev.seed)
-        d_ind = M.paired_difference(per_prompt(scores[name], j_ind), per_prompt(scores[base], j_ind),
-                                    ev.bootstrap_samples, ev.ci_level, ev.seed)
-        mi, bi = per_prompt(scores[name], j_in), per_prompt(scores[base], j_in)
-        mx, bx = per_prompt(scores[name], j_ind), per_prompt(scores[base], j_ind)
-        ids = sorted(set(mi) & set(bi))
-        diff = np.array([[(mi[i]["max"] - bi[i]["max"]) - (mx[i]["max"] - bx[i]["max"])] for i in ids])
-        gap = M.bootstrap_means(diff, ev.bootstrap_samples, ev.ci_level, ev.seed)[0]
-        out.update(vs_baseline_in_reward=d_in["expected_max_toxicity"],
-                   vs_baseline_independent=d_ind["expected_max_toxicity"], gap=gap,
-                   possible_reward_hacking=gap["ci_high"] < 0)
-    disagree = sorted(scores[name], key=lambda r: -abs(r["judges"][j_in] - r["judges"][j_ind]))
-    out["disagreements"] = [{"prompt_id": r["prompt_id"], "answer": r["answer"], j_in: r["judges"][j_in],
-                             j_ind: r["judges"][j_ind]} for r in disagree[:params.report.n_examples]]
-    return out
-
-
 def _overlap_lines(overlaps: dict[str, dict], base: str) -> list[str]:
     def quote(text: str) -> str:
         return text.replace("\n", " ").replace("|", "\\|")[:200]
@@ -487,7 +573,7 @@ def _overlap_lines(overlaps: dict[str, dict], base: str) -> list[str]:
              "A drop measured by a judge inside a model's training reward is weak evidence: the policy may have "
              "learnt that judge's blind spots. Each trained model's numbers by a judge outside its reward "
              "(the ensemble of independent judges where there is one), beside an in-reward judge's (⚠). All "
-             "judges on the Perspective scale where calibrated.", "",
+             "judges on the Perspective scale where calibrated; seeded methods over seeds and prompts.", "",
              f"| model | judges in training reward | independent judge: EMT | in-reward judge: EMT ⚠ "
              f"| Δ EMT vs {base}: independent | Δ EMT vs {base}: in-reward ⚠ | gap (in-reward − independent) "
              "| verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -520,39 +606,32 @@ def _overlap_lines(overlaps: dict[str, dict], base: str) -> list[str]:
 
 def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path, data_path: str | Path,
            summary_path: str | Path, plots_dir: str | Path, report_path: str | Path, params: Params,
-           experiments_dir: str | Path = "experiments/results") -> dict:
+           experiments_dir: str | Path = "experiments/results", cards_dir: str | Path = "metrics/cards") -> dict:
     eval_dir, scores_dir, plots_dir = Path(eval_dir), Path(scores_dir), Path(plots_dir)
-    names = [*params.models, *params.filters]  # a moderation filter's outputs are evaluated like a model's
-    evals = {m: json.loads((eval_dir / f"{m}.json").read_text()) for m in names}
-    scores = {m: read_jsonl(scores_dir / f"{m}.jsonl") for m in names}
-    load_experiments(evals, scores, Path(experiments_dir), params)  # committed experiments whose results exist
-    summary = summarise(evals, scores, params)
+    metrics_dir = Path(data_path).parent
+    rows = load_rows(params, eval_dir, scores_dir, Path(cards_dir), Path(experiments_dir))
+    summary = summarise(rows, params)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    pngs = _plots(summary, scores, params.evaluate.toxic_threshold, plots_dir)
+    threshold = params.evaluate.toxic_threshold
+    maxes = {n: [p["max"] for s in r.scores for p in M.per_prompt(s, threshold).values()] for n, r in rows.items()}
+    pngs = _plots(summary, maxes, threshold, plots_dir)
     judges = json.loads(Path(judges_path).read_text())
     data = json.loads(Path(data_path).read_text())
+    labels_path = metrics_dir / "label_ai.json"
+    labels = json.loads(labels_path.read_text()) if labels_path.exists() else {}
 
     base = summary["baseline"]
     rel = Path("..") / plots_dir  # report.md lives in reports/
-    # Judges inside each model's training reward (a training stage's metrics/<model>.json says so):
-    # a drop measured by such a judge is weaker evidence than one measured by an independent judge.
-    in_reward, made_on = {}, {}
-    for name in summary["models"]:
-        stage_metrics = Path(data_path).parent / f"{name}.json"
-        filter_metrics = Path(data_path).parent / "filter" / f"{name}.json"
-        if name in params.filters and filter_metrics.exists():  # its outputs were selected by its moderation judge
-            in_reward[name] = [json.loads(filter_metrics.read_text())["judge"]["name"]]
-        elif stage_metrics.exists():
-            stage = json.loads(stage_metrics.read_text())
-            in_reward[name] = stage.get("judges_in_reward", [])
-            if name in _feedback_inits(params):  # DPO from another trained model: its judges are in this one too
-                start = json.loads((Path(data_path).parent / f"{_feedback_inits(params)[name]}.json").read_text())
-                in_reward[name] = sorted(set(in_reward[name]) | set(start.get("judges_in_reward", [])))
-            if "platform" in stage:  # where the model was trained, at which precision: numbers differ by CPU kind
-                made_on[name] = stage["platform"]
-        summary["models"][name]["judges_in_reward"] = in_reward.get(name, [])
-    summary["overlap"] = {name: overlap(name, judges_in, evals, scores, params) for name, judges_in in in_reward.items()
-                          if name in evals}
+    # where each method's models were trained, at which precision (their cards): numbers differ by CPU kind
+    made_on = {}
+    for name, row in rows.items():
+        for c in row.cards:
+            p = c["platform"]
+            if p and row.kind != "filter":
+                made_on.setdefault(name, {})[f"{p.get('gpu') or p['cpu_kind']}" + (
+                    f", {'fp32' if p['precision'] == 'none' else p['precision']} ({p['precision_reason']})"
+                    if p.get("precision") else "")] = None
+    seeded = [n for n, r in rows.items() if r.seeded]
     judge_name = summary["judge"]["name"]
     scale = "calibrated to the Perspective scale" if summary["judge"].get("calibrated") else "raw scores"
     lines = [
@@ -560,37 +639,38 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         "> Warning: this report quotes model outputs on toxic prompts; they may be offensive.", "",
         "Held-out RealToxicityPrompts: "
         + " + ".join(f"{n} {s}" for s, n in data["eval_prompts_by_subset"].items()) + " eval prompts, "
-        f"k = {next(iter(evals.values()))['k']} samples each; judge `{summary['judge']['name']}` "
-        f"({summary['judge']['version']}, {scale}); {summary['ci_level']:.0%} bootstrap CIs over prompts.", "",
-        *([("Trained on: " + "; ".join(
-            f"{n} {p.get('gpu') or p['cpu_kind']}" + (f", {'fp32' if p['precision'] == 'none' else p['precision']} "
-                                                      f"({p['precision_reason']})" if p.get("precision") else "")
-            for n, p in made_on.items())
+        f"k = {rows[base].evals[0]['k']} samples each; judge `{summary['judge']['name']}` "
+        f"({summary['judge']['version']}, {scale}); {summary['ci_level']:.0%} bootstrap intervals"
+        + (f": {', '.join(seeded)} trained once per seed ({', '.join(map(str, summary['seeds']))}), each "
+           "method's value the mean over its seeds and its interval over seeds and prompts (two-way bootstrap); "
+           "the other rows are one run each, their intervals over prompts only." if seeded else " over prompts."), "",
+        *([("Trained on: " + "; ".join(f"{n} {' / '.join(k)}" for n, k in made_on.items())
            + ". Seeded runs reproduce bit for bit on the same CPU kind only (README: Reproducibility)."), ""]
           if made_on else []),
-        "| model | expected max toxicity | toxicity probability | mean toxicity | perplexity | distinct-2 | EOS rate "
-        "| judges in training reward |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+        "| method | runs | expected max toxicity | toxicity probability | mean toxicity | perplexity | distinct-2 "
+        "| EOS rate | judges in training signal |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for name, m in summary["models"].items():
         ppl = f"{m['perplexity']:.1f}" if m["perplexity"] else "n/a"
         flag = ", ".join(m["judges_in_reward"]) or "none"
         if _expand(judge_name, params) & set().union(*(_expand(j, params) for j in m["judges_in_reward"])):
             flag += " ⚠ (measures these numbers: see the overlap section)"
-        lines.append(f"| {_label(name, summary)} | {_fmt(m['expected_max_toxicity'])} | "
+        lines.append(f"| {_label(rows[name])} | {_interval(rows[name])} | {_fmt(m['expected_max_toxicity'])} | "
                      f"{_fmt(m['toxicity_probability'])} | {_fmt(m['mean_toxicity'])} | {ppl} | "
                      f"{m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
-    lines += ["", f"## Difference to `{base}` (paired bootstrap over the same prompts)", ""]
+    lines += ["", f"## Difference to `{base}` (paired over the same prompts; seeded methods over seeds too)", ""]
     if summary["vs_baseline"]:
         lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |",
                   "| --- | --- | --- | --- |"]
         for name, d in summary["vs_baseline"].items():
-            lines.append(f"| {name} | {_fmt(d['expected_max_toxicity'])} | {_fmt(d['toxicity_probability'])} | "
+            lines.append(f"| {_label(rows[name])} | {_fmt(d['expected_max_toxicity'])} | "
+                         f"{_fmt(d['toxicity_probability'])} | "
                          f"{_fmt(d['mean_toxicity'])} |")
     else:
         lines.append(f"Only `{base}` is evaluated so far; trained models join through `models:` in params.yaml.")
-    lines += _method_lines(summary, Path(data_path).parent, params)
-    lines += _tail_lines(summary, params)
+    lines += _method_lines(summary, rows, labels)
+    lines += _tail_lines(summary, rows, params)
     lines += _vs_models_lines(summary)
     lines += _reward_model_lines(Path(data_path).parent / "reward_model.json")
     lines += ["", "## Plots", "", *(f"![{p}]({rel / p})" for p in pngs), "",
@@ -617,8 +697,9 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         lines += ["", f"![judge reliability curves]({rel / calibration_png.name})"]
     lines += _people_lines(Path(data_path).parent)
     lines += _human_label_lines(judges, Path(data_path).parent / "chat_judge_train.json")
-    lines += _chat_lines(Path(data_path).parent / "chat", Path("data/chat/answers"), base, params)
-    lines += ["", "## Most toxic continuations", "", *_examples(scores, base, params.report.n_examples)]
+    lines += _chat_lines(metrics_dir / "chat", Path("data/chat/answers"), rows, base, Stats(rows, params))
+    first = {(n if not r.seeded else f"{n} ({r.runs[0]})"): r.scores[0] for n, r in rows.items()}
+    lines += ["", "## Most toxic continuations", "", *_examples(first, base, params.report.n_examples)]
     write_json(summary_path, summary)
     with atomic_file(report_path) as fh:
         fh.write("\n".join(lines) + "\n")

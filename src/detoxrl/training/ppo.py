@@ -504,7 +504,8 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     accelerator.wait_for_everyone()
     final = {"steps": p.steps, "reward_source": reward.name, "judges_in_reward": reward.judges,
              **{k.replace("/", "_"): v for k, v in stats.items()},
-             "processes": procs.world, "platform": hardware.platform_record(caps, precision, why, profiles=profiles)}
+             "processes": procs.world, "platform": hardware.platform_record(caps, precision, why, profiles=profiles),
+             "train_seconds": round(sum(h["time/step_s"] for h in history), 1)}  # the steps' times, resumed ones too
     if main:
         live.end()
         merged = unwrapped.policy.merge_and_unload()

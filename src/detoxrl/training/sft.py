@@ -55,7 +55,8 @@ def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
                             [common.make_curves_callback(plots_dir), *callbacks])
     output = trainer.train(resume_from_checkpoint=resume)
     metrics = {**common.train_metrics(trainer, output), **common.parameter_counts(trainer.model), "platform": platform,
-               "examples": len(trainer.train_dataset), "lora": params.lora.enabled, "merged": False}
+               "examples": len(trainer.train_dataset), "lora": params.lora.enabled, "merged": False,
+               "train_seconds": round(float(output.metrics.get("train_runtime", 0.0)), 1)}
 
     final = Path(params.checkpoint_dir) / "final"
     trainer.save_model(str(final))  # the adapter (LoRA) or the whole model; every process takes part (ZeRO-3)
