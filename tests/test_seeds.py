@@ -105,3 +105,22 @@ def test_cards_compose_the_labels_signal_and_budget_and_reject_bad_ones(tmp_path
         read_card("bad", tmp_path)
     with pytest.raises(DetoxError, match=r"no model card for 'nope'"):
         read_card("nope", tmp_path)
+
+
+def test_check_repro_holds_a_seed_rerun_on_another_kind_to_the_spread_over_seeds():
+    from detoxrl.repro_check import SEED_RUN, Comparison, compare_with_seed_spread
+
+    assert SEED_RUN.match("metrics/eval/ppo/s2.json")["method"] == "ppo"
+    assert SEED_RUN.match("experiments/results/ppo_cvar/s0.json")["seed"] == "0"
+    assert SEED_RUN.match("metrics/eval/sft.json") is None
+    spread = {k: {"value": 0.4, "ci_low": 0.3, "ci_high": 0.5}
+              for k in ("expected_max_toxicity", "toxicity_probability", "mean_toxicity")}
+
+    def rerun(emt):
+        return {"toxicity": {"overall": {"expected_max_toxicity": {"value": emt},
+                                         "toxicity_probability": {"value": 0.4}, "mean_toxicity": {"value": 0.31}}}}
+
+    inside = compare_with_seed_spread(spread, rerun(0.49), "m", Comparison(mode="ci"))
+    assert inside.ok and inside.mode == "seeds" and inside.ci_checked == 3
+    outside = compare_with_seed_spread(spread, rerun(0.55), "m", Comparison(mode="ci"))
+    assert outside.different == ["m:expected_max_toxicity: 0.55 outside the committed spread of one run 0.4 [0.3, 0.5]"]

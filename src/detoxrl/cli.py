@@ -728,16 +728,21 @@ def check_repro_cmd(
     rev: str = typer.Option("HEAD", help="Git revision holding the committed metrics to compare with."),
     rtol: float = typer.Option(0.0, help="Relative tolerance per number (0 = identical; CPU runs are)."),
     atol: float = typer.Option(0.0, help="Absolute tolerance per number."),
+    upstream: bool = typer.Option(False, "--upstream", help="Rerun the stage's whole upstream first (a replication "
+                                  "on another machine: base model, training, generations), not the stage alone."),
 ):
-    """Rerun a stage with unchanged params (dvc repro --force) and compare its metrics with the committed ones."""
+    """Rerun a stage with unchanged params (dvc repro --force) and compare its metrics with the committed ones:
+    identical on the same CPU kind; on another kind, one seed's evaluation within its method's spread over seeds."""
     from .repro_check import check_repro
 
-    result = check_repro(stage, rev, rtol, atol, echo=typer.echo)
+    result = check_repro(stage, rev, rtol, atol, echo=typer.echo, upstream=upstream)
     if result.ignored:
         typer.echo(f"not compared (wall-clock): {', '.join(result.ignored)}")
     if not result.ok:
         what = (f"NOT reproduced within the confidence intervals, {len(result.different)} of {result.ci_checked} "
                 "headline metrics outside" if result.mode == "ci" else
+                f"NOT within the spread over seeds, {len(result.different)} of {result.ci_checked} headline metrics "
+                "outside the committed one-run interval" if result.mode == "seeds" else
                 f"NOT reproduced, {len(result.different)} of {result.compared} values differ "
                 f"(rtol={rtol}, atol={atol})")
         typer.echo(f"{stage}: {what}:")
@@ -746,9 +751,15 @@ def check_repro_cmd(
         raise typer.Exit(1)
     if result.mode == "ci" and not result.ci_checked:
         typer.echo(f"{stage}: not comparable across CPU kinds ({result.changed} of {result.compared} values differ; "
-                   "its metrics carry no confidence intervals); compare the evaluation of its model instead "
-                   "(`detoxrl check-repro evaluate@<model>` after `dvc repro`). The rerun's outputs are in the "
+                   "its metrics carry no confidence intervals); compare the evaluation of its model instead, with its "
+                   "upstream rerun: `detoxrl check-repro evaluate_seeded@<method>-<seed> --upstream` (a seed is "
+                   "held to the spread over seeds) or `evaluate@<model> --upstream`. The rerun's outputs are in the "
                    "workspace: `git checkout <metrics files> dvc.lock && dvc checkout` restores the committed ones")
+        return
+    if result.mode == "seeds":
+        typer.echo(f"{stage}: reproduced within the spread over seeds: {result.ci_checked} headline metrics inside "
+                   "the committed one-run intervals (seeds x prompts; another CPU kind is another draw of the training "
+                   "randomness); the rerun's outputs are in the workspace")
         return
     if result.mode == "ci":
         typer.echo(f"{stage}: reproduced within the confidence intervals: {result.ci_checked} headline metrics "

@@ -10,6 +10,14 @@ keys (e.g. `ppo.time_step_s`) are measured time, not results, and are not compar
 may sum in a different order between runs (atomics, autotuned algorithms), so training metrics drift in their last
 digits: pass a tolerance there (e.g. `--rtol 1e-4`).
 
+What it promises: on the same CPU kind, identical bits. On another kind, a rerun is another draw of the
+training randomness, so it is held to the spread over seeds: the evaluation of one seed of a `seeded:` method
+(`evaluate_seeded@ppo-0`) must put each headline metric inside that method's committed one-run interval
+(metrics/summary.json `models.<method>.one_run`: the two-way bootstrap drawing one seed and the prompts, i.e. where
+another single run lands). `--upstream` reruns the stage's whole upstream first (`dvc repro --force <stage>`:
+base model, SFT, the seed's training, its generations), which is what a replication on another machine is; without
+it only the stage itself reruns, on the committed inputs.
+
 "Identical" holds on the same *kind* of CPU only (hardware.cpu_kind: AVX2 and AVX-512 kernels sum in another order,
 and `mixed_precision: auto` runs PPO in bf16 only on CPUs with native bf16). Every metrics file records the kind
 (and PPO its precision) under `platform`. When the committed metrics came from another kind, the check says so and
@@ -133,6 +141,24 @@ def compare_within_ci(committed: dict, rerun: dict, name: str = "", result: Comp
     return result
 
 
+SEED_RUN = re.compile(r"^(?:metrics/eval|experiments/results)/(?P<method>[^/]+)/s(?P<seed>\d+)\.json$")
+HEADLINE = ("expected_max_toxicity", "toxicity_probability", "mean_toxicity")
+
+
+def compare_with_seed_spread(one_run: dict, rerun: dict, name: str, result: Comparison) -> Comparison:
+    """Another CPU kind, one seed of a seeded method: each rerun headline value (overall) must lie inside the
+    method's committed one-run interval (the spread of a single training run over seeds and prompts)."""
+    result.mode = "seeds"
+    for metric in HEADLINE:
+        spread = one_run[metric]
+        value = rerun.get("toxicity", {}).get("overall", {}).get(metric, {}).get("value")
+        result.ci_checked += 1
+        if not isinstance(value, (int, float)) or not spread["ci_low"] <= value <= spread["ci_high"]:
+            result.different.append(f"{name}:{metric}: {value!r} outside the committed spread of one run "
+                                    f"{spread['value']:.4g} [{spread['ci_low']:.4g}, {spread['ci_high']:.4g}]")
+    return result
+
+
 def recorded_kind(doc: dict) -> str | None:
     """The machine kind a metrics document records (`platform`), or None for documents written before it did."""
     plat = doc.get("platform")
@@ -181,7 +207,7 @@ def committed_json(path: str, rev: str, root: Path) -> dict:
 
 
 def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 0.0, root: Path = Path("."),
-                echo=print) -> Comparison:
+                echo=print, upstream: bool = False) -> Comparison:
     paths, in_git = stage_outputs(stage, root)
     committed = {p: committed_json(p, rev, root) for p in paths}
     kinds = {recorded_kind(doc) for doc in committed.values()}
@@ -193,18 +219,29 @@ def check_repro(stage: str, rev: str = "HEAD", rtol: float = 0.0, atol: float = 
     if not same_kind:
         were = ", ".join(sorted(k or "an unrecorded kind" for k in kinds))
         echo(f"the committed metrics come from {were}, this machine is {here}: numbers are identical only on the same "
-             "kind, so the headline metrics are compared with their confidence intervals instead")
-    echo(f"rerunning {stage} (dvc repro --force --single-item {stage}); comparing {', '.join(paths)} with {rev}")
-    proc = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=venv_env())
+             "kind, so the headline metrics are compared with their confidence intervals instead (one seed of a seeded "
+             "method: with the spread of one run over seeds)")
+    cmd = ["dvc", "repro", "--force", stage] if upstream else ["dvc", "repro", "--force", "--single-item", stage]
+    echo(f"rerunning {stage}{' and its upstream' if upstream else ''} ({' '.join(cmd)}); comparing "
+         f"{', '.join(paths)} with {rev}")
+    proc = subprocess.run(cmd, cwd=root, env=venv_env())
     if proc.returncode != 0:
         raise DetoxError(f"dvc repro of {stage} failed (exit {proc.returncode})")
     result = Comparison(mode="exact" if same_kind else "ci")
+    summary = None
     for p in paths:
         rerun = json.loads((root / p).read_text())
+        seed_run = SEED_RUN.match(p)
         if same_kind:
             compare_metrics(committed[p], rerun, rtol, atol, p, result)
-        else:
-            compare_within_ci(committed[p], rerun, p, result)
+            continue
+        if seed_run:
+            summary = summary or committed_json("metrics/summary.json", rev, root)
+            one_run = summary.get("models", {}).get(seed_run["method"], {}).get("one_run")
+            if one_run:
+                compare_with_seed_spread(one_run, rerun, p, result)
+                continue
+        compare_within_ci(committed[p], rerun, p, result)
     if result.ok and result.mode == "exact":
         restore_committed(stage, in_git, root)
     return result
