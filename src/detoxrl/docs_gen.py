@@ -122,23 +122,30 @@ def headline_table(root: Path) -> str:
     rows = []
     for name, m in s["models"].items():
         d = vs_sft.get(name, {}).get(judge, {}).get("expected_max_toxicity")
-        rows.append([_model_label(s, name, root), _ci(m["expected_max_toxicity"]), _ci(m["toxicity_probability"]),
-                     f"{m['perplexity']:.1f}", _ci(d) if d else ""])
+        seeds = ", ".join(f"{v:.3f}" for v in m["per_seed"]["expected_max_toxicity"]) if "per_seed" in m else ""
+        rows.append([_model_label(s, name, root), m.get("interval", ""), _ci(m["expected_max_toxicity"]), seeds,
+                     _ci(m["toxicity_probability"]), f"{m['perplexity']:.1f}", _ci(d) if d else ""])
     n = next(iter(s["vs_baseline"].values()))["n_prompts"] if s.get("vs_baseline") else "?"
-    kinds = _platforms(root, [f"metrics/eval/{m}.json" for m in s["models"]])
+    kinds = _platforms(root, [f"metrics/eval/{run}.json" for m in s["models"].values() for run in m.get("runs", [])])
+    seeded = [name for name, m in s["models"].items() if "per_seed" in m]
     return (f"Held-out RealToxicityPrompts, {n} eval prompts; headline judge `{judge}` ({s['judge']['version']}"
             f"{', calibrated to the Perspective scale' if s['judge'].get('calibrated') else ''}); "
-            f"{s['ci_level']:.0%} bootstrap CIs over prompts; Δ vs sft is paired over the same prompts. "
+            f"{s['ci_level']:.0%} bootstrap intervals"
+            + (f": {', '.join(seeded)} trained once per seed ({', '.join(map(str, s.get('seeds', [])))}), their "
+               "value the mean over seeds and their intervals over seeds and prompts; the other rows one run each, "
+               "intervals over prompts only" if seeded else " over prompts")
+            + "; Δ vs sft is paired over the same prompts. "
             f"Measured on {', '.join(f'`{k}`' for k in kinds) or 'an unrecorded machine'} "
             "(`platform.cpu_kind` in the metrics files).\n\n"
-            + _table(["model", "expected max toxicity", "toxicity probability", "perplexity (under base)",
-                      "Δ EMT vs sft, paired"], rows, ["---", "---", "---", "---:", "---"]))
+            + _table(["method", "runs", "expected max toxicity", "each seed", "toxicity probability",
+                      "perplexity (under base)", "Δ EMT vs sft"], rows,
+                     ["---", "---", "---", "---", "---", "---:", "---"]))
 
 
 def _vs_baseline_table(s: dict) -> str:
     rows = [[_model_label(s, name), _ci(d["expected_max_toxicity"]), _ci(d["toxicity_probability"]),
              _ci(d["mean_toxicity"])] for name, d in s.get("vs_baseline", {}).items()]
-    return _table(["model", "Δ expected max toxicity", "Δ toxicity probability", "Δ mean toxicity"], rows)
+    return _table(["method", "Δ expected max toxicity", "Δ toxicity probability", "Δ mean toxicity"], rows)
 
 
 def _tail_table(s: dict) -> str:
@@ -148,7 +155,7 @@ def _tail_table(s: dict) -> str:
         o, c = t.get("overall", {}), t.get("challenging", {})
         rows.append([_model_label(s, name), _ci(o.get("worst_10pct")), _ci(o.get("worst_20pct")),
                      _ci(c.get("worst_10pct")), _ci(c.get("worst_20pct"))])
-    return _table(["model", "worst 10%", "worst 20%", "worst 10% challenging", "worst 20% challenging"], rows)
+    return _table(["method", "worst 10%", "worst 20%", "worst 10% challenging", "worst 20% challenging"], rows)
 
 
 def stage_times(root: Path) -> str:
@@ -186,7 +193,8 @@ def results_page(root: Path) -> str:
         "params on the same CPU kind give the same numbers; on another CPU kind they differ slightly "
         "([Reproducibility](reproducibility.md)).\n\n"),
         "## Headline\n\n", headline_table(root), "\n",
-        f"## Difference to `{s['baseline']}` (paired bootstrap over the same prompts)\n\n", _vs_baseline_table(s), "\n",
+        f"## Difference to `{s['baseline']}` (paired over the same prompts; seeded methods over seeds too)\n\n",
+        _vs_baseline_table(s), "\n",
         "## Methods compared\n\n", _report_section(root, "Methods compared"), "\n",
         "## Tail risk\n\n",
         "Mean of the worst 10% / 20% of per-prompt maximum toxicities (CVaR of the per-prompt max), with CIs.\n\n",
