@@ -581,6 +581,52 @@ def ppo(
                    + (f", CVaR alpha {final['cvar_alpha']:.2f}" if ppo_params.cvar.enabled else "") + f" -> {out}")
 
 
+def _online(kind: str, params: Path, seed: Optional[int], out: Optional[Path], metrics: Optional[Path],
+            plots: Optional[Path]) -> None:
+    """The grpo and rloo commands: TRL's GRPOTrainer / RLOOTrainer with PPO's reward, prompts and budget."""
+    from .evaluation.generate import format_prompt
+    from .params import seeded_name
+    from .scoring.rewards import make_reward
+    from .training.grpo import reward_models_in, train_online
+
+    p = _params(params)
+    block = getattr(p, kind)
+    seed = block.seed if seed is None else seed
+    name = seeded_name(kind, seed)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    out = out or Path("models") / name
+    final = train_online(kind, "models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out,
+                         metrics or Path("metrics") / f"{name}.json", plots or Path("plots") / name, block,
+                         make_reward(p), lambda text, tok: format_prompt(text, tok, p.generate), seed,
+                         checkpoint_dir=Path(".cache/checkpoints") / f"{kind}_s{seed}",
+                         reward_inputs=[d for d in ("models/reward", p.judges.trained_dir) if Path(d).exists()],
+                         reward_models=reward_models_in(p.ppo.reward), profiles=p.profiles)
+    if launch.rank() == 0:
+        typer.echo(f"{kind} seed {seed}: {final['scored_responses']} scored responses in {final['train_seconds']:.0f}"
+                   f" s, final reward {final['reward_mean']:.3f}, KL {final['kl'] or 0:.3f} -> {out}")
+
+
+SeedOpt = typer.Option(None, "--seed", help="Training seed (default: the block's `seed`); outputs default to "
+                                            "<method>/s<seed>.")
+OnlineOutOpt = typer.Option(None, help="Output model directory (default models/<method>/s<seed>).")
+OnlineMetricsOpt = typer.Option(None, help="Metrics file (default metrics/<method>/s<seed>.json).")
+OnlinePlotsOpt = typer.Option(None, help="Training curves (dvclive) directory (default plots/<method>/s<seed>).")
+
+
+@app.command()
+def grpo(params: Path = ParamsOpt, seed: Optional[int] = SeedOpt, out: Optional[Path] = OnlineOutOpt,
+         metrics: Optional[Path] = OnlineMetricsOpt, plots: Optional[Path] = OnlinePlotsOpt):
+    """GRPO (TRL GRPOTrainer) from models/sft on the PPO prompts against PPO's reward -> models/grpo/s<seed>."""
+    _online("grpo", params, seed, out, metrics, plots)
+
+
+@app.command()
+def rloo(params: Path = ParamsOpt, seed: Optional[int] = SeedOpt, out: Optional[Path] = OnlineOutOpt,
+         metrics: Optional[Path] = OnlineMetricsOpt, plots: Optional[Path] = OnlinePlotsOpt):
+    """RLOO (TRL RLOOTrainer) from models/sft, the grpo stage's setup with the rloo block -> models/rloo/s<seed>."""
+    _online("rloo", params, seed, out, metrics, plots)
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOpt):
     """Validate a params file against the schema."""
