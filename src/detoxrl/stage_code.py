@@ -176,8 +176,9 @@ def expand(deps: list[str], all_modules: set[str]) -> set[str]:
 
 
 def _stage_bodies(doc: dict) -> dict[str, dict]:
-    """Stage name -> the mapping holding its cmd and deps (the `do:` body of a foreach stage)."""
-    return {name: (stage["do"] if "foreach" in stage or "matrix" in stage else stage)
+    """Stage name -> the mapping holding its cmd and deps (the `do:` body of a foreach stage; a matrix stage holds
+    them itself)."""
+    return {name: (stage["do"] if "foreach" in stage else stage)
             for name, stage in doc["stages"].items()}
 
 
