@@ -23,7 +23,8 @@ def test_default_repro_leaves_committed_experiments_out():
         plan = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph), repo.stage.collect("dvc.yaml"))]
         upstream = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph),
                                                      repo.stage.collect("experiments/dvc.yaml:ppo_cvar"))]
-    assert experiments == ["experiments/dvc.yaml:ppo_cvar"]
+    seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
+    assert experiments == ["experiments/dvc.yaml:ppo_cvar", *(f"experiments/dvc.yaml:rloo@{s}" for s in seeds)]
     assert "report" in plan and not set(experiments) & set(plan)
     # the experiment's own run brings its inputs up to date first, as the ppo stage's would
     assert {"sft", "reward_model", "train_judge", "prepare"} <= set(upstream)
