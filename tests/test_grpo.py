@@ -137,3 +137,24 @@ def test_default_grpo_and_rloo_score_as_many_responses_as_ppo():
         assert block.steps * block.prompts_per_step * block.num_generations == p.ppo.steps * p.ppo.batch_size
     assert "grpo" in p.seeded
     assert G.reward_models_in(p.ppo.reward) == ["models/reward"]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tiny_dir, prompts, tmp_path,
+                                                                                           capsys):
+    class Interrupted(LetterReward):
+        def score(self, prompts, responses):
+            if len(self.calls) == 2:
+                raise KeyboardInterrupt
+            return super().score(prompts, responses)
+
+    p = params(steps=3, num_iterations=2, save_steps=2)  # a checkpoint after round 2 = optimizer step 4
+    run("grpo", tiny_dir, prompts, tmp_path / "whole", p)
+    with pytest.raises(KeyboardInterrupt):
+        run("grpo", tiny_dir, prompts, tmp_path / "cut", p, Interrupted())
+    assert (tmp_path / "cut" / "ckpt" / "checkpoint-4").is_dir() and not (tmp_path / "cut" / "model").exists()
+    reward = LetterReward()
+    run("grpo", tiny_dir, prompts, tmp_path / "cut", p, reward)
+    assert "resuming from" in capsys.readouterr().out and len(reward.calls) == 1  # only the third round ran again
+    whole, cut = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "cut"))
+    assert all((whole[k] == cut[k]).all() for k in whole)
+    assert curve(tmp_path / "cut", "reward") == curve(tmp_path / "whole", "reward")

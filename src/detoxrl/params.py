@@ -772,8 +772,8 @@ class OnlineRLParams(Strict):
     gradient_checkpointing: bool
     """trade compute for memory (TRL's default is on; off is faster for small models)"""
     save_steps: NonNegInt
-    """optimizer steps between resumable checkpoints in .cache/checkpoints/<method>_s<seed> (0 = none); removed on
-    success"""
+    """generation rounds between resumable checkpoints in .cache/checkpoints/<method>_s<seed> (0 = none), always at
+    the end of a round, so a resumed run ends as an uninterrupted one; removed on success"""
 
 
 class ComputeParams(Strict):

@@ -27,11 +27,12 @@ trainer takes num_iterations optimizer steps (TRL's max_steps = steps * num_iter
 1, so a batch is one optimizer step. Under `accelerate launch` with N processes each process generates and scores
 its 1/N of every round (TRL gathers the rewards to form the groups); only the main process writes.
 
-Checkpoints: every `save_steps` optimizer steps the trainer saves adapter, optimizer, scheduler, RNG states and the
-log history (the curves are replayed from it) under checkpoint_dir (.cache/checkpoints/<kind>_s<seed>), together
-with the composite reward's running statistics; a rerun with the same params, inputs and code resumes from the
-newest one (common.resume_checkpoint), others are discarded. A resumed run is not bit-identical to an uninterrupted
-one when the checkpoint falls inside a round (num_iterations > 1): the round is then generated again.
+Checkpoints: every `save_steps` rounds the trainer saves adapter, optimizer, scheduler, RNG states and the log
+history (the curves are replayed from it) under checkpoint_dir (.cache/checkpoints/<kind>_s<seed>), together with
+the composite reward's running statistics; a rerun with the same params, inputs and code resumes from the newest
+one (common.resume_checkpoint), others are discarded. Checkpoints fall at the end of a round only (TRL keeps the
+round's completions in memory, not in the checkpoint, and generates anew after a resume), so a resumed run ends
+bit for bit as an uninterrupted one (tests/test_grpo.py).
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def build_config(kind: str, p, seed: int, output_dir: str | Path, precision: str
         beta=p.beta, epsilon=p.epsilon,
         bf16=precision == "bf16", fp16=False, gradient_checkpointing=p.gradient_checkpointing, use_cpu=use_cpu,
         logging_steps=1, logging_first_step=True, report_to=[], disable_tqdm=True,
-        save_strategy="steps" if p.save_steps else "no", save_steps=max(p.save_steps, 1), save_total_limit=1,
+        # checkpoints at the end of a round only: TRL keeps a round's completions in memory, not in the checkpoint
+        save_strategy="steps" if p.save_steps else "no", save_steps=max(p.save_steps * p.num_iterations, 1),
+        save_total_limit=1,
         dataloader_num_workers=0,
     )
 
