@@ -158,3 +158,32 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
     whole, cut = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "cut"))
     assert all((whole[k] == cut[k]).all() for k in whole)
     assert curve(tmp_path / "cut", "reward") == curve(tmp_path / "whole", "reward")
+
+
+def test_the_cli_seed_names_every_output_and_overrides_the_block_seed(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from detoxrl.cli import app
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["ppo"]["reward"].update(source="toxicity", judge="offline")  # no trained judge or RM in this scratch dir
+    raw["judges"]["cache_dir"] = str(tmp_path / "cache")
+    raw["grpo"].update(steps=1, prompts_per_step=2, num_generations=2, max_new_tokens=4, save_steps=0,
+                       mixed_precision="none", lora={**raw["grpo"]["lora"], "target_modules": ["q_proj"]})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for d in ("base", "sft"):
+        shutil.copytree(tiny_dir, tmp_path / "models" / d)
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    (tmp_path / "data" / "processed" / "ppo_prompts.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ["The", "Why", "A man"]))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["grpo", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert "grpo seed 5: 4 scored responses" in result.output
+    assert (tmp_path / "models/grpo/s5/config.json").exists() and (tmp_path / "plots/grpo/s5/plots/metrics").is_dir()
+    assert json.loads((tmp_path / "metrics/grpo/s5.json").read_text())["seed"] == 5
+    card = read_card("grpo/s5", tmp_path / "metrics/cards")
+    assert card["reward_models"] == [] and card["judges"] == ["offline"]
