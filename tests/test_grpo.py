@@ -187,3 +187,38 @@ def test_the_cli_seed_names_every_output_and_overrides_the_block_seed(tiny_dir, 
     assert json.loads((tmp_path / "metrics/grpo/s5.json").read_text())["seed"] == 5
     card = read_card("grpo/s5", tmp_path / "metrics/cards")
     assert card["reward_models"] == [] and card["judges"] == ["offline"]
+
+
+@pytest.mark.slow
+def test_dvc_repro_grpo_at_a_seed_writes_the_declared_outputs(tiny_dir, tmp_path):
+    import shutil
+
+    import yaml
+
+    from conftest import run as sh
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for d in ("base", "sft"):
+        shutil.copytree(tiny_dir, repo / "models" / d)
+    for d in ("reward", "judge"):  # deps of the stage, unused by this reward
+        (repo / "models" / d).mkdir()
+        (repo / "models" / d / "README").write_text("placeholder\n")
+    (repo / "data" / "processed").mkdir(parents=True)
+    (repo / "data" / "processed" / "ppo_prompts.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ["The", "Why", "A man", "She said"]))
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["compute"]["num_processes"] = 1
+    p["ppo"]["reward"].update(source="toxicity", judge="offline")
+    p["grpo"].update(steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=4, save_steps=0,
+                     mixed_precision="none")
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    sh(["dvc", "init", "--no-scm", "-q"], repo)
+    out = sh(["dvc", "repro", "--single-item", "grpo@2"], repo)
+    assert "grpo seed 2: 8 scored responses" in out
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["grpo@2"]
+    assert {o["path"] for o in lock["outs"]} == {"models/grpo/s2", "metrics/grpo/s2.json",
+                                                 "metrics/cards/grpo/s2.json", "plots/grpo/s2/plots/metrics"}
+    assert read_card("grpo/s2", repo / "metrics" / "cards")["seed"] == 2
