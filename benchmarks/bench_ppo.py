@@ -87,7 +87,10 @@ class StepTimer(TrainerCallback):
 def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str) -> float:
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
+
+    from detoxrl.params import OnlineRLParams
+    from detoxrl.training.grpo import build_config
 
     reward = reward_source()
     texts = [json.loads(line)["text"] for line in prompts.read_text().splitlines()]
@@ -95,12 +98,14 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str
     def toxicity_reward(completions, **_):
         return reward.score([], completions)
 
+    # the grpo stage's own configuration (training/grpo.py), at the bench's shape: 4 prompts x 4 per round, `passes`
+    # optimizer steps on each round (num_iterations), the precision given to both loops, no gradient checkpointing
+    params = OnlineRLParams(seed=0, steps=steps, prompts_per_step=4, num_generations=4, num_iterations=passes, lr=2e-4,
+                            beta=0.05, epsilon=0.2, max_grad_norm=1.0, max_new_tokens=tokens, temperature=1.0,
+                            top_p=1.0, lora=LORA, mixed_precision="bf16" if precision == "bf16" else "none",
+                            gradient_checkpointing=False, save_steps=0)
     with tempfile.TemporaryDirectory() as tmp:
-        args = GRPOConfig(output_dir=tmp, max_steps=steps * passes, per_device_train_batch_size=16,
-                          num_generations=4, num_iterations=passes, max_completion_length=tokens, learning_rate=2e-4,
-                          beta=0.05, temperature=1.0, top_p=1.0, report_to=[], logging_steps=1000, save_strategy="no",
-                          use_cpu=True, seed=0, disable_tqdm=True, bf16=precision == "bf16",
-                          gradient_checkpointing=False)
+        args = build_config("grpo", params, 0, tmp, "bf16" if precision == "bf16" else "none", use_cpu=True)
         trainer = GRPOTrainer(model=str(ROOT / "models/base"), reward_funcs=toxicity_reward, args=args,
                               train_dataset=Dataset.from_dict({"prompt": texts}),
                               peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,

@@ -23,7 +23,8 @@ def test_default_repro_leaves_committed_experiments_out():
         plan = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph), repo.stage.collect("dvc.yaml"))]
         upstream = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph),
                                                      repo.stage.collect("experiments/dvc.yaml:ppo_cvar"))]
-    assert experiments == ["experiments/dvc.yaml:ppo_cvar"]
+    seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
+    assert experiments == ["experiments/dvc.yaml:ppo_cvar", *(f"experiments/dvc.yaml:rloo@{s}" for s in seeds)]
     assert "report" in plan and not set(experiments) & set(plan)
     # the experiment's own run brings its inputs up to date first, as the ppo stage's would
     assert {"sft", "reward_model", "train_judge", "prepare"} <= set(upstream)
@@ -64,6 +65,8 @@ def experiment_repo(tmp_path):
                     mixed_precision="none")
     p["ppo"]["reward"].update(source="toxicity", judge="offline")
     p["ppo_cvar"].update(alpha=0.25, anneal_steps=2)
+    p["rloo"].update(steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=6, save_steps=0,
+                     mixed_precision="none")
     p["generate"].update(k=2, max_new_tokens=4, batch_size=8)
     p["evaluate"].update(judges=["offline"], bootstrap_samples=50, fluency_batch_size=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -107,6 +110,21 @@ def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
 
     # up to date now: a second run does nothing
     assert "didn't change, skipping" in run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar"], repo)
+
+
+@pytest.mark.slow
+def test_rloo_stage_trains_generates_and_evaluates_one_seed(experiment_repo):
+    repo = experiment_repo
+    out = run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:rloo@1"], repo)
+    assert "rloo seed 1: 8 scored responses" in out
+    lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())["stages"]["rloo@1"]
+    assert {o["path"] for o in lock["outs"]} == {
+        "models/rloo/s1", "data/generations/rloo/s1.jsonl", "experiments/results/rloo/s1.jsonl",
+        "metrics/rloo/s1.json", "metrics/cards/rloo/s1.json", "experiments/results/rloo/s1.json",
+        "plots/rloo/s1/plots/metrics"}
+    assert json.loads((repo / "metrics/rloo/s1.json").read_text())["seed"] == 1
+    assert json.loads((repo / "metrics/cards/rloo/s1.json").read_text())["name"] == "rloo/s1"
+    assert json.loads((repo / "experiments/results/rloo/s1.json").read_text())["model"] == "rloo/s1"
 
 
 @pytest.mark.slow

@@ -663,7 +663,7 @@ def ppo(
     """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo/s<seed>."""
     from .evaluation.generate import format_prompt
     from .params import ppo_cvar_params, seeded_name
-    from .scoring.rewards import make_reward
+    from .scoring.rewards import make_reward, reward_models_in
     from .training.ppo import train_ppo
 
     p = _params(params)
@@ -684,8 +684,8 @@ def ppo(
                       profiles=p.profiles)
     rollouts = ppo_params.steps * ppo_params.batch_size
     _card(name, "ppo", cards_dir, seed=seed, init="models/sft", data=["data/processed/ppo_prompts.jsonl"],
-          signal=reward.name, judges=reward.judges, reward_models=_reward_models(p), training_samples=rollouts,
-          sample_unit="rollouts",
+          signal=reward.name, judges=reward.judges, reward_models=reward_models_in(p.ppo.reward),
+          training_samples=rollouts, sample_unit="rollouts",
           scored_responses=rollouts, seconds=final["train_seconds"], platform=final["platform"],
           notes=f"CVaR alpha 1 -> {ppo_params.cvar.alpha:g}" if ppo_params.cvar.enabled else "")
     if launch.rank() == 0:
@@ -693,11 +693,54 @@ def ppo(
                    + (f", CVaR alpha {final['cvar_alpha']:.2f}" if ppo_params.cvar.enabled else "") + f" -> {out}")
 
 
-def _reward_models(p) -> list[str]:
-    """The reward models inside the `ppo.reward` signal (shared by every online RL method)."""
-    r = p.ppo.reward
-    return [r.reward_model.model] if r.source == "reward_model" or (
-        r.source == "composite" and r.composite.weights.get("reward_model")) else []
+def _online(kind: str, params: Path, seed: Optional[int], out: Optional[Path], metrics: Optional[Path],
+            plots: Optional[Path], cards_dir: Path) -> None:
+    """The grpo and rloo commands: TRL's GRPOTrainer / RLOOTrainer with PPO's reward, prompts and budget."""
+    from .evaluation.generate import format_prompt
+    from .params import seeded_name
+    from .scoring.rewards import make_reward, reward_models_in
+    from .training.grpo import train_online
+
+    p = _params(params)
+    block = getattr(p, kind)
+    seed = block.seed if seed is None else seed
+    name = seeded_name(kind, seed)
+    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    out = out or Path("models") / name
+    final = train_online(kind, "models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out,
+                         metrics or Path("metrics") / f"{name}.json", plots or Path("plots") / name, block,
+                         make_reward(p), lambda text, tok: format_prompt(text, tok, p.generate), seed,
+                         checkpoint_dir=Path(".cache/checkpoints") / f"{kind}_s{seed}",
+                         reward_inputs=[d for d in ("models/reward", p.judges.trained_dir) if Path(d).exists()],
+                         reward_models=reward_models_in(p.ppo.reward), profiles=p.profiles, cards_dir=cards_dir)
+    if launch.rank() == 0:
+        typer.echo(f"{kind} seed {seed}: {final['scored_responses']} scored responses in {final['train_seconds']:.0f}"
+                   f" s, final reward {final['reward_mean']:.3f}, KL {final['kl'] or 0:.3f} -> {out}")
+
+
+SeedOpt = typer.Option(None, "--seed", help="Training seed (default: the block's `seed`); outputs default to "
+                                            "<method>/s<seed>.")
+OnlineOutOpt = typer.Option(None, help="Output model directory (default models/<method>/s<seed>).")
+OnlineMetricsOpt = typer.Option(None, help="Metrics file (default metrics/<method>/s<seed>.json).")
+OnlinePlotsOpt = typer.Option(None, help="Training curves (dvclive) directory (default plots/<method>/s<seed>).")
+CardsDirOpt = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
+                           "experiments/results/cards, outside the report stage's deps).")
+
+
+@app.command()
+def grpo(params: Path = ParamsOpt, seed: Optional[int] = SeedOpt, out: Optional[Path] = OnlineOutOpt,
+         metrics: Optional[Path] = OnlineMetricsOpt, plots: Optional[Path] = OnlinePlotsOpt,
+         cards_dir: Path = CardsDirOpt):
+    """GRPO (TRL GRPOTrainer) from models/sft on the PPO prompts against PPO's reward -> models/grpo/s<seed>."""
+    _online("grpo", params, seed, out, metrics, plots, cards_dir)
+
+
+@app.command()
+def rloo(params: Path = ParamsOpt, seed: Optional[int] = SeedOpt, out: Optional[Path] = OnlineOutOpt,
+         metrics: Optional[Path] = OnlineMetricsOpt, plots: Optional[Path] = OnlinePlotsOpt,
+         cards_dir: Path = CardsDirOpt):
+    """RLOO (TRL RLOOTrainer) from models/sft, the grpo stage's setup with the rloo block -> models/rloo/s<seed>."""
+    _online("rloo", params, seed, out, metrics, plots, cards_dir)
 
 
 @app.command("check-params")

@@ -17,6 +17,7 @@ This module is not imported by any stage (only the `docs` command imports it), s
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import textwrap
@@ -372,6 +373,13 @@ def _stage_templates(root: Path) -> dict[str, dict]:
                 items = _interpolate(body["foreach"], values, {})
                 items = _lookup(values, body["foreach"].strip("${} ")) if isinstance(items, str) else items
                 out[f"{prefix}{name}@<key>"] = {"file": rel, "body": body["do"], "items": items, "name": name}
+            elif "matrix" in body:  # DVC names each combination <name>@<value>[-<value>...]
+                dims = {k: _lookup(values, v.strip("${} ")) if isinstance(v, str) else v
+                        for k, v in body["matrix"].items()}
+                items = {"-".join(map(str, combo)): dict(zip(dims, combo))
+                         for combo in itertools.product(*dims.values())}
+                out[f"{prefix}{name}@<key>"] = {"file": rel, "body": {k: v for k, v in body.items() if k != "matrix"},
+                                                "items": items, "name": name}
             else:
                 out[f"{prefix}{name}"] = {"file": rel, "body": body, "items": None, "name": name}
     return out
@@ -490,8 +498,10 @@ def pipeline_page(root: Path) -> str:
 
 
 def _foreach_source(root: Path, info: dict) -> str:
-    doc = yaml.safe_load((root / info["file"]).read_text(encoding="utf-8"))
-    return str(doc["stages"][info["name"]]["foreach"]).strip("${} ")
+    stage = yaml.safe_load((root / info["file"]).read_text(encoding="utf-8"))["stages"][info["name"]]
+    if "matrix" in stage:
+        return ", ".join(str(v).strip("${} ") for v in stage["matrix"].values())
+    return str(stage["foreach"]).strip("${} ")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -128,3 +128,11 @@ def make_reward(params) -> RewardSource:
     builders = {"toxicity": toxicity, "reward_model": reward_model}
     return CompositeReward({k: builders[k]() for k, w in r.composite.weights.items() if w}, r.composite.weights,
                            r.composite.normalize)
+
+
+def reward_models_in(reward_params) -> list[str]:
+    """The reward models inside the reward source the `ppo.reward` block describes (for the model card)."""
+    r = reward_params
+    if r.source == "reward_model" or (r.source == "composite" and r.composite.weights.get("reward_model")):
+        return [r.reward_model.model]
+    return []
