@@ -177,7 +177,9 @@ def smoke_workspace(tmp_path_factory, base_model_dir) -> SmokeWorkspace:
 
 # One of each kind of stage that loads the base model (sft, dpo, ppo, generate, evaluate, chat_eval, pref_gen,
 # pref_eval, dpo_feedback, filter) and what they need; the tiny workspace runs every stage.
-PACKAGED_TARGETS = ["evaluate@ppo", "chat_eval@ppo", "pref_eval", "evaluate@dpo_rlaif", "filter@sft_filtered"]
+# A seeded method's stages run for seed 0 (dpo_feedback@rlaif trains every seed in one stage).
+PACKAGED_TARGETS = ["evaluate_seeded@ppo-0", "chat_eval_seeded@ppo-0", "pref_eval", "evaluate_seeded@dpo_rlaif-0",
+                    "filter@sft_filtered"]
 
 
 @pytest.fixture(scope="session")

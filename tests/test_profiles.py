@@ -219,11 +219,12 @@ def test_every_stage_passes_the_chain_to_its_platform_record():
             if isinstance(call.func, ast.Attribute) and ast.unparse(call.func.value) in ("hardware", "common"):
                 passed = any(k.arg == "profiles" for k in call.keywords) or (name == "platform" and len(call.args) == 3)
                 assert passed, f"{path.relative_to(ROOT)}:{call.lineno}: {name}(...) without the profile chain"
-    stages = {"train_sft", "train_dpo", "train_reward_model", "pref_gen", "train_chat_judge", "train_ppo"}
+    stages = {"train_sft", "train_dpo", "train_reward_model", "pref_gen", "train_chat_judge", "train_ppo",
+              "train_online"}
     assert stages <= takes_profiles
     cli = ast.parse((src / "cli.py").read_text())
     calls = list(_calls(cli, stages))
-    assert len(calls) == len(stages)
+    assert {name for name, _ in calls} == stages  # train_dpo twice: the dpo stage and dpo_feedback's seeds
     for name, call in calls:
         assert any(k.arg == "profiles" and ast.unparse(k.value) == "p.profiles" for k in call.keywords), \
             f"cli.py:{call.lineno}: {name}(...) without profiles=p.profiles"
@@ -236,8 +237,12 @@ def test_every_stage_writing_a_platform_record_declares_the_profiles_param():
             body = stage.get("do", stage)
             for entry in body.get("metrics", []):
                 path = next(iter(entry)) if isinstance(entry, dict) else entry
-                for f in glob.glob(str(ROOT / path.replace("${key}", "*"))):
-                    if "platform" in json.loads(open(f).read()):
+                for var in ("${key}", "${item.seed}", "${item.model}"):
+                    path = path.replace(var, "*")
+                for f in glob.glob(str(ROOT / path)) + glob.glob(str(ROOT / path / "*.json")):
+                    if not f.endswith(".json"):
+                        continue
+                    if json.loads(open(f).read()).get("platform"):
                         checked += 1
                         assert "profiles" in body.get("params", []), f"{dvc_yaml.name}: {name} writes {f}'s platform"
     assert checked >= 15
@@ -261,3 +266,13 @@ def test_committed_baseline_comes_from_git(tmp_path):
     with pytest.raises(DetoxError, match=r"keys the profile would overwrite \(profiles\)"):  # the first one's
         apply_profile(repo / "params.yaml", top)
     assert apply_profile(repo / "params.yaml", top, force=True).recorded == ["top.yaml"] * 3  # one per apply
+
+
+def test_applying_a_profile_keeps_the_lists_layout_so_commented_items_uncomment_in_place(tmp_path, params):
+    """use-profile rewrites params.yaml; its lists keep params.yaml's "  - item" layout, so uncommenting an optional
+    item (`# - dpo_human` under `seeded:`) gives valid YAML with that item in the list."""
+    apply_profile(params, PROFILES / "smoke.yaml", committed=None)
+    text = params.read_text()
+    assert "\nseeded:\n  - ppo " in text and "\n  # - dpo_human " in text
+    params.write_text(text.replace("\n  # - dpo_human ", "\n  - dpo_human ", 1))
+    assert yaml.safe_load(params.read_text())["seeded"][-1] == "dpo_human"

@@ -27,7 +27,13 @@ from conftest import GIT_ID, ROOT, cli_env, run
 
 pytestmark = pytest.mark.slow
 
-PPO_CHAIN = {"ppo", "generate@ppo", "evaluate@ppo", "chat_eval@ppo", "human_eval", "report"}
+# The smoke profile's training seeds: each `seeded:` method is trained (ppo@<seed>) and generated, evaluated and
+# chat-evaluated (<stage>_seeded@<method>-<seed>) once per seed (dvc.yaml's matrix stages).
+SEEDS = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())["seeds"]
+PPO_TRAIN = {f"ppo@{seed}" for seed in SEEDS}
+# human_eval reads ppo/s0 (params.yaml human_eval.model_b); the report reads every seed
+PPO_CHAIN = PPO_TRAIN | {f"{stage}_seeded@ppo-{seed}" for stage in ("generate", "evaluate", "chat_eval")
+                         for seed in SEEDS} | {"human_eval", "report"}
 DPO_CHAIN = {"dpo", "pref_eval", "generate@dpo", "evaluate@dpo", "report"}
 UPSTREAM = {"base_model", "prepare", "sft"}
 OFFLINE_TEMPLATE = ROOT / ".cache" / "plots-offline.html"  # `make setup` writes it (detoxrl plots-template)
@@ -52,17 +58,19 @@ def downstream(repo: Path, stage: str) -> set[str]:
 
 def test_exp_run_set_param_reruns_only_the_changed_stages(ws):
     repo = ws.path
-    assert downstream(repo, "ppo") >= PPO_CHAIN and downstream(repo, "dpo") >= DPO_CHAIN
+    assert len(SEEDS) >= 2 and {"ppo@1", "evaluate_seeded@ppo-1", "chat_eval_seeded@ppo-1"} <= PPO_CHAIN
+    assert set().union(*(downstream(repo, s) for s in PPO_TRAIN)) >= PPO_CHAIN and downstream(repo, "dpo") >= DPO_CHAIN
+    assert "human_eval" in downstream(repo, "evaluate_seeded@ppo-0") and "human_eval" not in downstream(repo, "ppo@1")
     out = run(["dvc", "exp", "run", "-S", "dpo.beta=0.05"], repo)
     # dpo and the stages that read dpo.beta rerun; downstream stages whose deps came out unchanged are skipped
     # by DVC (e.g. evaluate@dpo when the 2-step smoke DPO samples the same continuations).
     assert {"dpo", "pref_eval"} <= ran(out) <= downstream(repo, "dpo"), out
-    assert not ran(out) & (UPSTREAM | {"ppo"})
+    assert not ran(out) & (UPSTREAM | PPO_TRAIN)
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["beta"] == 0.05
     ws.reset()
 
     out = run(["dvc", "exp", "run", "-S", "ppo.lr=1e-5"], repo)
-    assert {"ppo", "report"} <= ran(out) <= PPO_CHAIN, out
+    assert PPO_TRAIN | {"report"} <= ran(out) <= PPO_CHAIN, out  # every seed retrains
     for stage in UPSTREAM | {"dpo", "pref_eval", "generate@base", "evaluate@base"}:
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert "up to date" in run(["dvc", "status"], repo)
@@ -77,7 +85,7 @@ def test_exp_run_set_param_reruns_only_the_changed_stages(ws):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in text
     assert "error: params.yaml: ppo.kl.target: Input should be greater than 0" in text
-    assert "Running stage 'ppo'" in text and "Running stage 'generate@ppo'" not in text
+    assert len(ran(text)) == 1 and ran(text) <= PPO_TRAIN, text  # the first seed's stage fails, nothing after it
 
 
 def _chromium(args: list[str], tmp: Path, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -124,16 +132,20 @@ def test_tutorial_branch_change_kl_repro_and_diff_against_main(ws, tmp_path):
     repo = ws.path
     run(["git", "checkout", "-q", "-b", "ppo-kl-0.5"], repo)
     out = run(["dvc", "exp", "run", "-S", "ppo.kl.coef=0.5"], repo)
-    assert ran(out) == PPO_CHAIN, out  # ppo's samples change, so generate@ppo and evaluate@ppo rerun too
+    assert ran(out) == PPO_CHAIN, out  # every seed's samples change, so its generate/evaluate/chat_eval rerun too
     run(["git", *GIT_ID, "commit", "-qam", "PPO with a stronger KL penalty (coef 0.5)"], repo)
 
     diff = json.loads(run(["dvc", "metrics", "diff", "main", "--json"], repo))
     changed = {(path, key) for path, keys in diff.items() for key in keys}
-    assert ("metrics/ppo.json", "objective_kl_coef") in changed
-    assert diff["metrics/ppo.json"]["objective_kl_coef"] == {"old": 0.05, "new": 0.5, "diff": 0.45}
-    tox = {key for path, key in changed if path == "metrics/eval/ppo.json" and "toxicity" in key}
-    assert tox, f"no toxicity number of ppo changed: {sorted(changed)}"
-    assert not any(path.startswith("metrics/eval/") and not path.endswith("ppo.json") for path, _ in changed)
+    for seed in SEEDS:
+        assert (f"metrics/ppo/s{seed}.json", "objective_kl_coef") in changed
+        assert diff[f"metrics/ppo/s{seed}.json"]["objective_kl_coef"] == {"old": 0.05, "new": 0.5, "diff": 0.45}
+        tox = {key for path, key in changed if path == f"metrics/eval/ppo/s{seed}.json" and "toxicity" in key}
+        assert tox, f"no toxicity number of ppo/s{seed} changed: {sorted(changed)}"
+    assert not any(path.startswith("metrics/eval/") and not path.startswith("metrics/eval/ppo/") for path, _ in changed)
+    # the report's ppo row (the mean over the seeds) moved with them
+    assert any(path == "metrics/summary.json" and key.startswith("models.ppo.") and "toxicity" in key
+               for path, key in changed), sorted(changed)
     table = run(["dvc", "metrics", "diff", "main", "--no-path", "--precision", "3"], repo)
     assert "expected_max_toxicity" in table
 
@@ -214,20 +226,22 @@ def test_checkpoints_push_to_s3_and_pull_back_byte_identical(ws, s3_server, tmp_
     run(["dvc", "remote", "modify", "--local", "s3", "secret_access_key", "s3cr3t-test"], clone)
     assert not (clone / ".dvc" / "cache").exists() and not (clone / "models").exists()
 
-    # Partial pull: one stage's checkpoint only.
-    run(["dvc", "pull", "-r", "s3", "ppo"], clone)
-    assert (clone / "models" / "ppo").is_dir()
+    # Partial pull: one stage's checkpoint only (seed 0's PPO model, not seed 1's).
+    run(["dvc", "pull", "-r", "s3", "ppo@0"], clone)
+    assert (clone / "models" / "ppo" / "s0").is_dir() and not (clone / "models" / "ppo" / "s1").exists()
     assert not (clone / "models" / "base").exists() and not (clone / "models" / "dpo").exists()
-    assert _files(clone / "models" / "ppo") == _files(repo / "models" / "ppo")
-    match, mismatch, errors = filecmp.cmpfiles(repo / "models" / "ppo", clone / "models" / "ppo",
-                                               [str(p) for p in _files(repo / "models" / "ppo")], shallow=False)
+    ppo0 = Path("models") / "ppo" / "s0"
+    assert _files(clone / ppo0) == _files(repo / ppo0)
+    match, mismatch, errors = filecmp.cmpfiles(repo / ppo0, clone / ppo0, [str(p) for p in _files(repo / ppo0)],
+                                               shallow=False)
     assert not mismatch and not errors and match
 
     # Everything else; then the clone is the workspace that pushed, byte for byte, and nothing reruns.
     run(["dvc", "pull", "-r", "s3"], clone)
     assert "up to date" in run(["dvc", "status"], clone)
     assert "Running stage" not in run(["dvc", "repro"], clone)
-    for out in ("models/base", "models/sft", "models/dpo", "models/ppo", "data/processed", "data/generations"):
+    for out in ("models/base", "models/sft", "models/dpo", "models/ppo", "models/dpo_rlaif", "data/processed",
+                "data/generations"):  # models/ppo, models/dpo_rlaif: every seed's model
         files = [str(p) for p in _files(repo / out)]
         match, mismatch, errors = filecmp.cmpfiles(repo / out, clone / out, files, shallow=False)
         assert not mismatch and not errors and len(match) == len(files), out
@@ -256,10 +270,12 @@ def test_queued_sweep_runs_and_best_experiment_becomes_a_branch(ws):
         for exp_rev in row.get("experiments") or []:
             rev = exp_rev["revs"][0]
             data = rev["data"]
-            metrics = data["metrics"]["metrics/eval/ppo.json"]["data"]
+            # the method's headline: the report's ppo row, the mean over the seeds
+            ppo_row = data["metrics"]["metrics/summary.json"]["data"]["models"]["ppo"]
+            assert ppo_row["interval"] == f"{len(SEEDS)} seeds: seeds x prompts", ppo_row
+            assert all(f"metrics/eval/ppo/s{seed}.json" in data["metrics"] for seed in SEEDS), sorted(data["metrics"])
             params = data["params"]["params.yaml"]["data"]["ppo"]
-            exps.append((metrics["toxicity"]["overall"]["expected_max_toxicity"]["value"], rev["name"],
-                         params["lr"], params["kl"]["coef"]))
+            exps.append((ppo_row["expected_max_toxicity"]["value"], rev["name"], params["lr"], params["kl"]["coef"]))
     swept = {(1e-4, 0.1), (3e-4, 0.1)}  # the queued sweep's points (other tests' experiments may be listed too)
     assert swept <= {(lr, coef) for _, _, lr, coef in exps}, exps
     best = min(e for e in exps if (e[2], e[3]) in swept)
@@ -267,35 +283,38 @@ def test_queued_sweep_runs_and_best_experiment_becomes_a_branch(ws):
     ppo = yaml.safe_load(run(["git", "show", "best-ppo:params.yaml"], repo))["ppo"]
     # float(): PyYAML (YAML 1.1) reads a float written without a dot, e.g. DVC's `3e-04`, as a string
     assert (float(ppo["lr"]), float(ppo["kl"]["coef"])) == (best[2], best[3])
-    assert "metrics/eval/ppo.json" in run(["git", "show", "--stat", "best-ppo"], repo)
+    stat = run(["git", "show", "--stat", "best-ppo"], repo)
+    assert all(f"metrics/eval/ppo/s{seed}.json" in stat for seed in SEEDS) and "metrics/summary.json" in stat, stat
     run(["git", "branch", "-D", "best-ppo"], repo)
     run(["dvc", "exp", "remove", "--all-commits", "--queue"], repo, check=False)
 
 
 def test_check_repro_reruns_a_stage_and_matches_the_committed_metrics(ws):
     repo = ws.path
-    out = run(["detoxrl", "check-repro", "ppo"], repo)
-    assert "ppo: reproduced" in out and "identical" in out, out
-    assert "metrics/ppo.json:time_step_s" in out  # wall-clock, named as not compared
+    out = run(["detoxrl", "check-repro", "ppo@0"], repo)
+    assert "ppo@0: reproduced" in out and "identical" in out, out
+    assert "metrics/ppo/s0.json:time_step_s" in out  # wall-clock, named as not compared
     assert "up to date" in run(["dvc", "status"], repo)
-    out = run(["detoxrl", "check-repro", "evaluate@ppo"], repo)
-    assert "evaluate@ppo: reproduced" in out and "identical" in out, out
+    out = run(["detoxrl", "check-repro", "evaluate_seeded@ppo-0"], repo)
+    assert "evaluate_seeded@ppo-0: reproduced" in out and "identical" in out, out
 
 
-def test_check_repro_on_another_cpu_kind_compares_within_the_confidence_intervals(ws):
+def test_check_repro_on_another_cpu_kind_holds_a_seed_to_the_spread_over_seeds(ws):
     """The committed metrics record their CPU kind; a rerun on another kind (played here by PyTorch's AVX2 kernels,
     ATEN_CPU_CAPABILITY=avx2, which also makes ppo.mixed_precision auto take fp32) is not held to identical bits: the
-    headline metrics must lie in their committed CIs, and a stage without CIs says it cannot be compared."""
+    evaluation of one seed of a seeded method must lie in that method's committed spread over seeds (summary.json's
+    one-run interval), and a stage without intervals says it cannot be compared."""
     repo = ws.path
-    committed = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())["platform"]
+    committed = json.loads((repo / "metrics" / "eval" / "ppo" / "s0.json").read_text())["platform"]
     avx2 = {**cli_env(), "ATEN_CPU_CAPABILITY": "avx2"}
-    out = run(["detoxrl", "check-repro", "evaluate@ppo"], repo, env=avx2)
+    out = run(["detoxrl", "check-repro", "evaluate_seeded@ppo-0"], repo, env=avx2)
     assert f"the committed metrics come from {committed['cpu_kind']}" in out and "/AVX2" in out, out
-    assert "evaluate@ppo: reproduced within the confidence intervals" in out, out
-    rerun = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())["platform"]
+    assert ("evaluate_seeded@ppo-0: reproduced within the spread over seeds: 3 headline metrics inside the committed "
+            "one-run intervals") in out, out
+    rerun = json.loads((repo / "metrics" / "eval" / "ppo" / "s0.json").read_text())["platform"]
     assert "/AVX2" in rerun["cpu_kind"] and rerun["cpu_kind"] != committed["cpu_kind"]
 
-    out = run(["detoxrl", "check-repro", "ppo"], repo, env=avx2)
-    assert "ppo: not comparable across CPU kinds" in out, out
-    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())["platform"]
+    out = run(["detoxrl", "check-repro", "ppo@0"], repo, env=avx2)
+    assert "ppo@0: not comparable across CPU kinds" in out, out
+    ppo = json.loads((repo / "metrics" / "ppo" / "s0.json").read_text())["platform"]
     assert ppo["precision"] == "none" and "AVX2 kernels" in ppo["precision_reason"]

@@ -6,12 +6,13 @@ and reach the report. Each test takes this worker's copy of the smoke workspace 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 
 from conftest import cli_env, run
-from test_workflow import UPSTREAM, ran
+from test_workflow import PPO_TRAIN, SEEDS, UPSTREAM, ran
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +35,26 @@ def test_a_base_model_without_chat_template_runs_every_stage_that_loads_it(ws, t
     params["reward_model"]["lora"]["enabled"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # every kind of stage that loads the base model or the RM (the report and the judges' stages do not)
-    targets = ["evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate@ppo", "chat_eval@ppo", "pref_eval",
-               "dpo_feedback@rlaif", "eval_reward_model"]
+    # (a seeded method's stages for seed 0: ppo@0 and its generate/evaluate/chat_eval)
+    targets = ["evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate_seeded@ppo-0", "chat_eval_seeded@ppo-0",
+               "pref_eval", "dpo_feedback@rlaif", "eval_reward_model"]
     out = run(["dvc", "repro", *targets], repo)
-    assert {"base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo", "pref_eval",
-            "generate@ppo", "evaluate@ppo", "pref_gen", "dpo_feedback@rlaif", "chat_eval@ppo", "evaluate@base",
-            "evaluate@sft", "evaluate@dpo"} <= ran(out), out  # the eval files read below are this run's
+    assert {"base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo@0", "pref_eval",
+            "generate_seeded@ppo-0", "evaluate_seeded@ppo-0", "pref_gen", "dpo_feedback@rlaif",
+            "chat_eval_seeded@ppo-0", "evaluate@base", "evaluate@sft", "evaluate@dpo"} <= ran(out), out
+    # the eval files read below are this run's
     assert json.loads((repo / "models" / "reward" / "detoxrl_reward.json").read_text())["format"] == "chat"
     prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
     assert prov["chat_format"] == "hh" and prov["source"] == f"local:{gpt2}"
     from transformers import AutoConfig, AutoTokenizer
 
-    assert AutoConfig.from_pretrained(repo / "models" / "ppo").model_type == "gpt2"
-    for model_dir in ("sft", "ppo", "reward"):  # the HH template travelled with every model the stages wrote
+    assert AutoConfig.from_pretrained(repo / "models" / "ppo" / "s0").model_type == "gpt2"
+    for model_dir in ("sft", "ppo/s0", "reward"):  # the HH template travelled with every model the stages wrote
         tok = AutoTokenizer.from_pretrained(repo / "models" / model_dir)
         assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
                                        tokenize=False) == "\n\nHuman: x\n\nAssistant:"
-    assert json.loads((repo / "metrics" / "ppo.json").read_text())["steps"] == params["ppo"]["steps"]
-    for name in ("base", "sft", "dpo", "ppo"):
+    assert json.loads((repo / "metrics" / "ppo" / "s0.json").read_text())["steps"] == params["ppo"]["steps"]
+    for name in ("base", "sft", "dpo", "ppo/s0"):
         ev = json.loads((repo / "metrics" / "eval" / f"{name}.json").read_text())
         assert 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
 
@@ -61,29 +64,33 @@ def test_exp_run_with_two_processes(ws):
     themselves under `accelerate launch` (2 CPU processes, gloo), the main process alone writes, and the metrics
     files keep their schema. The smoke profile's batches of 1 are doubled so that 2 processes can share them."""
     repo = ws.path
-    before = {f: json.loads((repo / "metrics" / f).read_text()) for f in ("ppo.json", "sft.json", "eval/ppo.json")}
+    before = {f: json.loads((repo / "metrics" / f).read_text())
+              for f in ("ppo/s0.json", "sft.json", "eval/ppo/s0.json")}
     # one stage of each kind that re-launches (training with TRL, PPO, generation, evaluation) and what they need
-    targets = ["dpo", "generate@base", "evaluate@ppo"]
+    targets = ["dpo", "generate@base", "evaluate_seeded@ppo-0"]
     out = run(["dvc", "exp", "run", "-S", "compute.num_processes=2", "-S", "sft.grad_accum=2", "-S", "dpo.grad_accum=2",
                "-S", "reward_model.grad_accum=2", *targets], repo)
-    assert {"sft", "dpo", "reward_model", "ppo", "generate@base", "generate@ppo", "evaluate@ppo"} <= ran(out), out
+    assert {"sft", "dpo", "reward_model", "ppo@0", "generate@base", "generate_seeded@ppo-0",
+            "evaluate_seeded@ppo-0"} <= ran(out), out
+    assert "ppo@1" not in ran(out), out  # the targets need seed 0's model only
     assert out.count("ppo: precision") == 1 and "2 process(es)" in out, out  # one main process speaks
-    assert "evaluate: 2 processes" in out and out.count("ppo: expected max toxicity") == 1, out
-    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
-    assert ppo["processes"] == 2 and set(ppo) == set(before["ppo.json"])
+    assert "evaluate: 2 processes" in out and out.count("ppo/s0: expected max toxicity") == 1, out
+    ppo = json.loads((repo / "metrics" / "ppo" / "s0.json").read_text())
+    assert ppo["processes"] == 2 and set(ppo) == set(before["ppo/s0.json"])
     sft = json.loads((repo / "metrics" / "sft.json").read_text())
     assert sft["platform"]["processes"] == 2 and set(sft) == set(before["sft.json"])
-    ev = json.loads((repo / "metrics" / "eval" / "ppo.json").read_text())
-    assert set(ev) == set(before["eval/ppo.json"]) and ev["n_prompts"] == before["eval/ppo.json"]["n_prompts"]
-    rows = [json.loads(line) for line in (repo / "data" / "generations" / "ppo.jsonl").read_text().splitlines()]
+    ev = json.loads((repo / "metrics" / "eval" / "ppo" / "s0.json").read_text())
+    assert set(ev) == set(before["eval/ppo/s0.json"]) and ev["n_prompts"] == before["eval/ppo/s0.json"]["n_prompts"]
+    rows = [json.loads(line) for line in (repo / "data" / "generations" / "ppo" / "s0.jsonl").read_text().splitlines()]
     prompts = [json.loads(line)["id"] for line in (repo / "data/processed/eval_prompts.jsonl").read_text().splitlines()]
     assert [r["prompt_id"] for r in rows] == [i for i in prompts for _ in range(2)]  # gathered back in prompt order
-    for curve in ("plots/ppo/plots/metrics/reward/score_mean.tsv", "plots/sft/plots/metrics/train/loss.tsv"):
+    for curve in ("plots/ppo/s0/plots/metrics/reward/score_mean.tsv", "plots/sft/plots/metrics/train/loss.tsv"):
         steps = [line.split("\t")[0] for line in (repo / curve).read_text().splitlines()[1:]]
         assert len(steps) == len(set(steps)), curve  # one writer: no step logged twice
 
 
-HUMAN_LINES = ("  # human: {", "  # rlaif_human: {", "  # dpo_human: ", "  # dpo_rlaif_human: ")
+HUMAN_LINES = ("  # human: {", "  # rlaif_human: {")  # feedback_runs' human runs
+HUMAN_SEEDED = ("  # - dpo_human ", "  # - dpo_rlaif_human ")  # their methods in `seeded:` (trained once per seed)
 
 
 def test_labels_clicked_in_the_browser_train_dpo_human_and_reach_the_report(ws):
@@ -119,22 +126,34 @@ def test_labels_clicked_in_the_browser_train_dpo_human_and_reach_the_report(ws):
         for line in HUMAN_LINES:
             assert line in text, line
             text = text.replace(line, line.replace("# ", "", 1))
+        # `detoxrl use-profile` rewrote params.yaml with the `seeded:` items unindented, its comments as they were:
+        # the uncommented items take the indentation of the listed ones
+        indent = re.search(r"^( *)- dpo_rlaif\b", text, re.MULTILINE).group(1)
+        for line in HUMAN_SEEDED:
+            assert line in text, line
+            text = text.replace(line, f"{indent}{line.strip().removeprefix('# ')} ")
         (repo / "params.yaml").write_text(text)
         out = run(["dvc", "repro"], repo)
-        assert {"human_pairs", "dpo_feedback@human", "dpo_feedback@rlaif_human", "generate@dpo_human",
-                "evaluate@dpo_human", "evaluate@dpo_rlaif_human", "human_eval", "report"} <= ran(out), out
-        assert not ran(out) & (UPSTREAM | {"ppo", "dpo", "label_ai", "dpo_feedback@rlaif"})
+        human_seeded = {f"{stage}_seeded@{method}-{seed}" for stage in ("generate", "evaluate", "chat_eval")
+                        for method in ("dpo_human", "dpo_rlaif_human") for seed in SEEDS}
+        assert {"human_pairs", "dpo_feedback@human", "dpo_feedback@rlaif_human", "human_eval",
+                "report"} | human_seeded <= ran(out), out
+        assert not ran(out) & (UPSTREAM | PPO_TRAIN | {"dpo", "label_ai", "dpo_feedback@rlaif"})
 
         hl = json.loads((repo / "metrics" / "human_labels.json").read_text())
         assert hl["labels"] == len(pool) and hl["pairs"] == len(pool) and hl["annotators"] == ["ci"]
         assert hl["train_pairs"] + hl["val_pairs"] == len(pool)
-        assert json.loads((repo / "metrics" / "dpo_human.json").read_text())["judges_in_reward"] == ["human"]
+        for seed in SEEDS:  # every seed trained, its card carrying the human labels' signal
+            assert json.loads((repo / "metrics" / "dpo_human" / f"s{seed}.json").read_text())["judges_in_reward"] == [
+                "human"]
+            assert (repo / "models" / "dpo_rlaif_human" / f"s{seed}").is_dir()
         he = json.loads((repo / "metrics" / "human_eval.json").read_text())
         win = [{"a": 0.0, "b": 1.0, "tie": 0.5}[x["choice"]] for x in judged]
         assert he["status"] == "ok" and he["win_rate_b"]["value"] == pytest.approx(sum(win) / len(win))
         assert set(he["judge_agreement"]) >= {"offline", "perspective_distilled"}
         report_md = (repo / "reports" / "report.md").read_text()
-        assert "| dpo_human |" in report_md and "| dpo_rlaif_human |" in report_md
+        assert f"| dpo_human | {len(SEEDS)} seeds: seeds x prompts |" in report_md
+        assert f"| dpo_rlaif_human | {len(SEEDS)} seeds: seeds x prompts |" in report_md
         assert f"Preference labels: {len(pool)} from 1 annotator(s)" in report_md
         assert f"win rate (ties count half): {he['win_rate_b']['value']:.3f} [" in report_md
         # dpo_rlaif_human started from dpo_rlaif: the AI grader's judge is in its training signal too.

@@ -118,7 +118,8 @@ def sft(
     launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
     m = train_sft(base, data, out, metrics, plots, p.sft, profiles=p.profiles)
     _card("sft", "sft", seed=p.sft.seed, init=_read_card("base")["init"], data=[data],
-          signal="supervised: HH-RLHF chosen responses", training_samples=m["examples"], sample_unit="dialogues",
+          signal="supervised: HH-RLHF chosen responses",
+          training_samples=m["steps"] * p.sft.batch_size * p.sft.grad_accum, sample_unit="dialogues",
           seconds=m["train_seconds"], platform=m["platform"])
     if launch.rank() == 0:
         typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
@@ -164,8 +165,9 @@ def dpo(
 
 
 def _dpo_feedback(p, run: str, base: Path) -> list:
-    """dpo_feedback@<run>: DPO from the run's init model on its labelled pairs, once per seed. A seeded init
-    (models/<m> of a `seeded:` method, e.g. AI-then-human from models/dpo_rlaif) starts seed s from its seed s."""
+    """dpo_feedback@<run>: DPO from the run's init model on its labelled pairs, once per seed. A seeded init (a dir
+    of per-seed models, e.g. AI-then-human from models/dpo_rlaif) starts seed s from its seed s. It reads no `models:`
+    or `seeded:` params (the stage declares neither: adding a method there must not retrain this one)."""
     from .cards import compose
     from .params import seeded_name
     from .training.dpo import train_dpo
@@ -173,14 +175,12 @@ def _dpo_feedback(p, run: str, base: Path) -> list:
     if run not in p.feedback_runs:
         raise DetoxError(f"--run {run!r} is not a feedback_runs key ({', '.join(p.feedback_runs)})")
     r, method, out = p.feedback_runs[run], f"dpo_{run}", []
-    if method not in p.seeded:
-        raise DetoxError(f"feedback_runs.{run}: its model {method} must be listed in `seeded:` (it is trained once "
-                         "per seed)")
     labels = _read_card(r.labels_card)
-    init_method = next((m for m in p.seeded if Path(r.init) == Path("models") / m), None)
     for seed in p.seeds:
         name = seeded_name(method, seed)
-        init = Path(r.init) / f"s{seed}" if init_method else Path(r.init)
+        init = Path(r.init) / f"s{seed}" if (Path(r.init) / f"s{seed}").is_dir() else Path(r.init)
+        if not init.is_relative_to("models"):
+            raise DetoxError(f"feedback_runs.{run}.init {r.init!r}: expected a model directory under models/")
         knobs = p.dpo_feedback.model_copy(
             update={"seed": seed, "checkpoint_dir": f"{p.dpo_feedback.checkpoint_dir}/{method}_s{seed}"})
         m = train_dpo(init, base, r.train, r.val, Path("models") / name, Path("metrics") / f"{name}.json",
@@ -188,8 +188,7 @@ def _dpo_feedback(p, run: str, base: Path) -> list:
         own = _card_fields(name, "dpo", seed=seed, init=init, data=[r.train], signal=f"DPO on {labels['signal']}",
                            training_samples=m["pairs_seen"], sample_unit="on-policy pairs",
                            seconds=m["train_seconds"], platform=m["platform"])
-        init_card = _read_card(seeded_name(init_method, seed) if init_method else
-                               next((n for n, d in p.models.items() if Path(d) == Path(r.init)), "sft"))
+        init_card = _read_card(init.relative_to("models").as_posix())  # models/sft -> sft, models/x/s1 -> x/s1
         if launch.rank() == 0:
             from .cards import write_card
 

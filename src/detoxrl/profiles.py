@@ -141,6 +141,8 @@ def apply_profile(params_path: str | Path, profile_path: str | Path, force: bool
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096  # long values (the raw data URLs) stay on their line, as written
+    rt.indent(mapping=2, sequence=4, offset=2)  # lists as params.yaml writes them ("  - ppo"), so a commented-out
+    # item beside them (`# - dpo_human`) still lines up once uncommented
     text = params_path.read_text(encoding="utf-8")
     doc = rt.load(text)
 

@@ -52,8 +52,8 @@ def venv_env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-# Keys that measure wall-clock time, not a result of the stage.
-WALL_CLOCK = re.compile(r"(^|\.)(time_[^.]*|[^.]*_runtime|[^.]*_per_second|[^.]*_seconds|[^.]*_time_s)$")
+# Keys that measure wall-clock time, not a result of the stage (a model card's budget.seconds among them).
+WALL_CLOCK = re.compile(r"(^|\.)(time_[^.]*|[^.]*_runtime|[^.]*_per_second|[^.]*_seconds|[^.]*_time_s|seconds)$")
 
 
 @dataclass
