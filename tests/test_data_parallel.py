@@ -80,9 +80,10 @@ def test_train_ppo_under_two_processes(tiny_dir, tmp_path):
     # written once, by the main process: one model, one metrics file, one row per step in each curve
     finals = [json.loads((tmp_path / f"final.rank{r}.json").read_text()) for r in (0, 1)]
     for final in finals:
-        final.pop("time_step_s")  # each process's own wall clock
+        final.pop("time_step_s"), final.pop("train_seconds")  # each process's own wall clock
     assert finals[0] == finals[1] and finals[0]["processes"] == 2  # both hold the global statistics
-    assert {k: v for k, v in json.loads((tmp_path / "ppo.json").read_text()).items() if k != "time_step_s"} == finals[0]
+    assert {k: v for k, v in json.loads((tmp_path / "ppo.json").read_text()).items()
+            if k not in ("time_step_s", "train_seconds")} == finals[0]
     assert (tmp_path / "model" / "model.safetensors").exists()
     rows = (tmp_path / "plots" / "plots" / "metrics" / "reward" / "score_mean.tsv").read_text().splitlines()
     assert len(rows) == 1 + 2
@@ -118,7 +119,7 @@ def test_an_interrupted_two_process_run_resumes_where_it_stopped(tiny_dir, tmp_p
     assert [json.loads(d.joinpath(f"prompts.rank{r}.jsonl").read_text()) for r in (0, 1)] == straight_last
     finals = [json.loads((x / "ppo.json").read_text()) for x in (runs["straight"][0], d)]
     for final in finals:
-        final.pop("time_step_s")
+        final.pop("time_step_s"), final.pop("train_seconds")  # wall clock
     assert finals[0] == finals[1]  # the same global statistics after the last step
     from safetensors.torch import load_file
 

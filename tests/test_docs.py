@@ -51,7 +51,8 @@ def test_check_fails_naming_the_stale_file(scratch_repo, monkeypatch, capsys):
     assert exit_.value.code in (0, None)
 
     readme = scratch_repo / "README.md"
-    readme.write_text(readme.read_text().replace("| ppo | 0.", "| ppo | 9."), encoding="utf-8")
+    row = "| ppo | 3 seeds: seeds x prompts | "
+    readme.write_text(readme.read_text().replace(row + "0.", row + "9."), encoding="utf-8")
     (scratch_repo / "docs" / "reference" / "params.md").write_text("edited by hand\n")
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -72,7 +73,7 @@ def test_a_changed_metric_changes_the_pages_that_quote_it(scratch_repo):
     path.write_text(json.dumps(summary))
     stale = docs_gen.stale(scratch_repo)
     assert "README.md" in stale and "docs/results.md" in stale and "docs/index.md" in stale
-    assert "| ppo | 0.123 [" in docs_gen.render(scratch_repo)["README.md"]
+    assert "| ppo | 3 seeds: seeds x prompts | 0.123 [" in docs_gen.render(scratch_repo)["README.md"]
 
 
 def test_every_params_yaml_key_has_a_description_in_the_schema():
@@ -100,8 +101,8 @@ def test_every_stage_needs_a_note_and_the_pipeline_page_lists_each(scratch_repo)
     for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
         assert f"### `{name}" in page, name
     notes = scratch_repo / "docs" / "stages.yaml"
-    notes.write_text(notes.read_text().replace("\nppo: >-", "\nnot_ppo: >-"))
-    with pytest.raises(DetoxError, match=r"no description of stage\(s\) ppo"):
+    notes.write_text(notes.read_text().replace("\nsft: >-", "\nnot_sft: >-"))
+    with pytest.raises(DetoxError, match=r"no description of stage\(s\) sft"):
         docs_gen.pipeline_page(scratch_repo)
 
 
@@ -182,9 +183,9 @@ def test_params_yaml_comments_come_from_the_schema(scratch_repo):
     # a field without a hand comment got one too (lam); user-data entries (models:) and full-line comments are as
     # written by hand
     assert "  lam: 0.95                 # GAE lambda\n" in committed and "  base: models/base\n" in committed
-    assert "  dpo_rlaif: models/dpo_rlaif  # DPO on on-policy pairs" in committed
+    assert "  - dpo_rlaif               # DPO on on-policy pairs" in committed
     assert "\n  # human: {init: models/sft, train: data/feedback/human_pairs.jsonl" in committed
-    assert "\n  # dpo_human: models/dpo_human            # with human labels" in committed
+    assert "\n  # - dpo_human             # with human labels" in committed
 
     path.write_text(committed.replace(f"# {coef}", "# my own words", 1)
                     .replace("  lam: 0.95                 # GAE lambda", "  lam: 0.95", 1), encoding="utf-8")

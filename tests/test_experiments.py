@@ -22,18 +22,19 @@ def test_default_repro_leaves_committed_experiments_out():
         experiments = [s.addressing for s in repo.index.stages if s.path.endswith("experiments/dvc.yaml")]
         plan = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph), repo.stage.collect("dvc.yaml"))]
         upstream = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph),
-                                                     repo.stage.collect("experiments/dvc.yaml:ppo_cvar"))]
+                                                     repo.stage.collect("experiments/dvc.yaml:ppo_cvar@0"))]
     seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
-    assert experiments == ["experiments/dvc.yaml:ppo_cvar", *(f"experiments/dvc.yaml:rloo@{s}" for s in seeds)]
+    assert experiments == [*(f"experiments/dvc.yaml:ppo_cvar@{s}" for s in seeds),
+                           *(f"experiments/dvc.yaml:rloo@{s}" for s in seeds)]
     assert "report" in plan and not set(experiments) & set(plan)
     # the experiment's own run brings its inputs up to date first, as the ppo stage's would
     assert {"sft", "reward_model", "train_judge", "prepare"} <= set(upstream)
-    assert "ppo" not in upstream and upstream[-1] == "experiments/dvc.yaml:ppo_cvar"
+    assert "ppo@0" not in upstream and upstream[-1] == "experiments/dvc.yaml:ppo_cvar@0"
 
 
 def test_ppo_cvar_block_is_not_a_default_model():
     params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert "ppo_cvar" not in params.models and params.report.experiments == {"ppo_cvar": "ppo"}
+    assert "ppo_cvar" not in params.models and params.report.experiments == {"ppo_cvar": "ppo", "rloo": "grpo"}
     assert params.ppo.cvar.enabled is False  # the default ppo stage stays plain PPO
 
 
@@ -77,29 +78,30 @@ def experiment_repo(tmp_path):
 @pytest.mark.slow
 def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
     repo = experiment_repo
-    out = run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar"], repo)
-    assert "CVaR alpha 0.25 -> models/ppo_cvar" in out
+    out = run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar@0"], repo)
+    assert "CVaR alpha 0.25 -> models/ppo_cvar/s0" in out
     # every declared output exists (dvc repro fails otherwise) and is recorded in the experiment's own lock file
-    lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())["stages"]["ppo_cvar"]
+    lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())["stages"]["ppo_cvar@0"]
     assert {o["path"] for o in lock["outs"]} == {
-        "models/ppo_cvar", "data/generations/ppo_cvar.jsonl", "experiments/results/ppo_cvar.jsonl",
-        "metrics/ppo_cvar.json", "experiments/results/ppo_cvar.json", "plots/ppo_cvar/plots/metrics"}
+        "models/ppo_cvar/s0", "data/generations/ppo_cvar/s0.jsonl", "experiments/results/ppo_cvar/s0.jsonl",
+        "metrics/ppo_cvar/s0.json", "experiments/results/ppo_cvar/s0.json", "plots/ppo_cvar/s0/plots/metrics",
+        "experiments/results/cards/ppo_cvar/s0.json"}
     assert lock["params"]["params.yaml"]["ppo_cvar"] == {"alpha": 0.25, "anneal_steps": 2}
-    assert (repo / "models" / "ppo_cvar" / "config.json").exists()
+    assert (repo / "models" / "ppo_cvar" / "s0" / "config.json").exists()
 
     # the CVaR schedule reached its target: 1 -> 0.25 over anneal_steps = 2 (step 1: 1 + (0.25 - 1) / 2)
-    train = json.loads((repo / "metrics" / "ppo_cvar.json").read_text())
+    train = json.loads((repo / "metrics" / "ppo_cvar" / "s0.json").read_text())
     assert train["cvar_alpha"] == pytest.approx(0.25) and train["steps"] == 3
-    curve = (repo / "plots" / "ppo_cvar" / "plots" / "metrics" / "cvar" / "alpha.tsv").read_text().splitlines()
+    curve = (repo / "plots" / "ppo_cvar" / "s0" / "plots" / "metrics" / "cvar" / "alpha.tsv").read_text().splitlines()
     assert [float(line.split("\t")[-1]) for line in curve[1:]] == pytest.approx([1.0, 0.625, 0.25])
 
     # generated and evaluated like a model in `models`, with tail metrics; 5 prompts x k = 2
-    assert len((repo / "data" / "generations" / "ppo_cvar.jsonl").read_text().splitlines()) == 10
+    assert len((repo / "data" / "generations" / "ppo_cvar" / "s0.jsonl").read_text().splitlines()) == 10
     scores = [json.loads(line)
-              for line in (repo / "experiments" / "results" / "ppo_cvar.jsonl").read_text().splitlines()]
+              for line in (repo / "experiments" / "results" / "ppo_cvar" / "s0.jsonl").read_text().splitlines()]
     assert len(scores) == 10 and {r["prompt_id"] for r in scores} == {f"e{i}" for i in range(5)}
-    ev = json.loads((repo / "experiments" / "results" / "ppo_cvar.json").read_text())
-    assert ev["model"] == "ppo_cvar" and ev["n_prompts"] == 5 and ev["k"] == 2
+    ev = json.loads((repo / "experiments" / "results" / "ppo_cvar" / "s0.json").read_text())
+    assert ev["model"] == "ppo_cvar/s0" and ev["n_prompts"] == 5 and ev["k"] == 2
     maxes = {}
     for r in scores:
         maxes[r["prompt_id"]] = max(maxes.get(r["prompt_id"], 0.0), r["toxicity"])
@@ -109,7 +111,8 @@ def test_ppo_cvar_stage_runs_the_experiment(experiment_repo):
     assert ev["tail"]["challenging"]["n_prompts"] == 3
 
     # up to date now: a second run does nothing
-    assert "didn't change, skipping" in run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar"], repo)
+    assert "didn't change, skipping" in run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:ppo_cvar@0"],
+                                            repo)
 
 
 @pytest.mark.slow
@@ -120,10 +123,10 @@ def test_rloo_stage_trains_generates_and_evaluates_one_seed(experiment_repo):
     lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())["stages"]["rloo@1"]
     assert {o["path"] for o in lock["outs"]} == {
         "models/rloo/s1", "data/generations/rloo/s1.jsonl", "experiments/results/rloo/s1.jsonl",
-        "metrics/rloo/s1.json", "metrics/cards/rloo/s1.json", "experiments/results/rloo/s1.json",
+        "metrics/rloo/s1.json", "experiments/results/cards/rloo/s1.json", "experiments/results/rloo/s1.json",
         "plots/rloo/s1/plots/metrics"}
     assert json.loads((repo / "metrics/rloo/s1.json").read_text())["seed"] == 1
-    assert json.loads((repo / "metrics/cards/rloo/s1.json").read_text())["name"] == "rloo/s1"
+    assert json.loads((repo / "experiments/results/cards/rloo/s1.json").read_text())["name"] == "rloo/s1"
     assert json.loads((repo / "experiments/results/rloo/s1.json").read_text())["model"] == "rloo/s1"
 
 

@@ -176,28 +176,36 @@ def test_ensemble_needs_calibrated_members(trained, tmp_path):
 
 
 def test_report_overlap_flags_a_gap(trained):
-    """The in-reward judge sees a drop that the independent one does not: flagged."""
-    from detoxrl.evaluation.report import overlap
+    """The in-reward judge (the model card's) sees a drop that the independent one does not: flagged."""
+    from detoxrl.cards import make_card
+    from detoxrl.evaluation.report import Row, Stats, overlap
 
     _, p, _ = trained
-    rows = {m: [] for m in ("base", "ppo")}
+    scores = {m: [] for m in ("base", "ppo")}
     for i in range(30):
-        for m in rows:
+        for m in scores:
             offline = 0.8 if m == "base" else 0.1  # the reward's judge: toxicity gone
-            rows[m].append({"prompt_id": f"p{i}", "subset": "challenging", "answer": f"text {i} {m}",
-                            "judges": {"offline": offline, "perspective_distilled": 0.7}})
+            scores[m].append({"prompt_id": f"p{i}", "subset": "challenging", "answer": f"text {i} {m}",
+                              "toxicity": offline, "judges": {"offline": offline, "perspective_distilled": 0.7}})
     by_judge = {j: {"toxicity": {"overall": {k: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
                                              for k in ("expected_max_toxicity", "toxicity_probability",
                                                        "mean_toxicity")}}}
                 for j in ("offline", "perspective_distilled")}
     by_judge["ensemble"] = {"skipped": "not run"}
-    evals = {m: {"by_judge": by_judge} for m in rows}
-    o = overlap("ppo", ["offline"], evals, rows, p)
+
+    def row(name, rows_of, judges):
+        card = make_card(name, "ppo", seed=None, init="models/sft", data=[], signal="s", judges=judges)
+        return Row(name, [name], "model", evals=[{"by_judge": by_judge}], scores=[rows_of], cards=[card])
+
+    rows = {"base": row("base", scores["base"], []), "ppo": row("ppo", scores["ppo"], ["offline"])}
+    st = Stats(rows, p)
+    o = overlap(rows["ppo"], rows["base"], st, p)
     assert o["in_reward_judge"] == "offline" and o["independent_judge"] == "perspective_distilled"
     assert o["vs_baseline_in_reward"]["value"] == pytest.approx(-0.7)
     assert o["vs_baseline_independent"]["value"] == pytest.approx(0.0)
     assert o["gap"]["value"] == pytest.approx(-0.7) and o["possible_reward_hacking"]
     assert len(o["disagreements"]) == p.report.n_examples and o["disagreements"][0]["offline"] == 0.1
-    assert not overlap("ppo", ["perspective_distilled", "offline"], evals, rows, p)["independent_judge"]
-    sft = overlap("sft", [], {**evals, "sft": evals["ppo"]}, {**rows, "sft": rows["base"]}, p)
+    both = row("ppo", scores["ppo"], ["perspective_distilled", "offline"])
+    assert not overlap(both, rows["base"], st, p)["independent_judge"]
+    sft = overlap(row("sft", scores["base"], []), rows["base"], st, p)
     assert sft["in_reward_judge"] is None and sft["independent_judge"] == "offline"

@@ -106,7 +106,7 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert "## Judge validation against human labels (ToxicChat)" in report_md
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {
-        "sft", "dpo", "ppo", "dpo_rlaif", "sft_filtered"}  # the moderation filter is compared like a model
+        "sft", "dpo", "ppo", "grpo", "dpo_rlaif", "sft_filtered"}  # the moderation filter is compared like a model
     # The feedback loop: on-policy pools, AI labels with the graders' agreement, DPO on them, the method table.
     labels = json.loads((repo / "metrics" / "label_ai.json").read_text())
     assert labels["prompts"] == 8 and labels["grader_queries"] == 8 * 2 * 2

@@ -156,9 +156,11 @@ def test_labels_clicked_in_the_browser_train_dpo_human_and_reach_the_report(ws):
         assert f"| dpo_rlaif_human | {len(SEEDS)} seeds: seeds x prompts |" in report_md
         assert f"Preference labels: {len(pool)} from 1 annotator(s)" in report_md
         assert f"win rate (ties count half): {he['win_rate_b']['value']:.3f} [" in report_md
-        # dpo_rlaif_human started from dpo_rlaif: the AI grader's judge is in its training signal too.
+        # dpo_rlaif_human started from dpo_rlaif: the AI grader's judge is in its training signal too (its card
+        # composes the init's); the people are its signal, not a toxicity judge the report evaluates
         summary = json.loads((repo / "metrics" / "summary.json").read_text())
-        assert summary["models"]["dpo_rlaif_human"]["judges_in_reward"] == ["human", "perspective_distilled"]
+        assert summary["models"]["dpo_rlaif_human"]["judges_in_reward"] == ["perspective_distilled"]
+        assert summary["models"]["dpo_rlaif_human"]["signal"] == "DPO on human preference labels (detoxrl label-human)"
         assert "up to date" in run(["dvc", "status"], repo)
     finally:  # untracked labels would change the next test's baseline
         for path in (repo / "data" / "labels").glob("human*"):
