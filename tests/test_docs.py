@@ -16,7 +16,8 @@ from conftest import ROOT
 from detoxrl import DetoxError, cli, docs_gen
 
 # What the generator reads and writes, copied into a scratch repo for the tests that change something.
-DOCS_INPUTS = ["README.md", "docs", "metrics", "reports", "dvc.yaml", "experiments", "params.yaml", "benchmarks"]
+DOCS_INPUTS = ["README.md", "docs", "metrics", "reports", "dvc.yaml", "experiments", "params.yaml", "benchmarks",
+               "profiles", "configs"]  # profiles, configs: the memory plan (docs/scaling.md)
 
 
 @pytest.fixture

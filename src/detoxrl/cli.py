@@ -764,6 +764,24 @@ def use_profile(profile: Path = typer.Argument(..., help="A partial params file,
     typer.echo(f"{params}: applied {' then '.join(str(p) for p in applied.chain)}; profiles: {applied.recorded}")
 
 
+@app.command("plan")
+def plan_cmd(params: Path = ParamsOpt, base: Path = BaseOpt,
+             profile: Optional[Path] = typer.Option(None, help="Plan params.yaml with this profile's chain merged "
+                                                    "in, in memory (params.yaml is not written), e.g. "
+                                                    "profiles/gpu-1b.yaml.")):
+    """Estimate each model-loading stage's GPU memory (weights, gradients + optimizer, activations, KV cache) and
+    the smallest GPU it fits on, from the params alone."""
+    from .models.plan import render
+
+    if profile is not None:
+        from .profiles import resolved_params  # not a stage's import
+
+        p = resolved_params(params, profile)
+    else:
+        p = _params(params)
+    typer.echo(render(p, base, Path(".")), nl=False)
+
+
 @app.command("check-repro")
 def check_repro_cmd(
     stage: str = typer.Argument(..., help="A dvc.yaml stage with metrics, e.g. ppo or evaluate@ppo."),

@@ -851,8 +851,26 @@ PAGES: dict[str, Callable[[Path], str]] = {
     f"docs/{PARAMS_PAGE}": params_page,
     "params.yaml": params_yaml_text,  # its end-of-line comments: the schema's descriptions
 }
+PLAN_PROFILES = ["gpu-1b.yaml", "gpu-r1-1.5b.yaml", "gpu-8b-zero3.yaml"]
+
+
+def memory_plan_block(root: Path) -> str:
+    """`detoxrl plan --profile` of each GPU recipe, from params.yaml, the profiles and known_configs.yaml."""
+    from .models.plan import render
+    from .profiles import resolved_params
+
+    parts = []
+    for name in PLAN_PROFILES:
+        params = resolved_params(root / "params.yaml", root / "profiles" / name)
+        parts.append(f"### profiles/{name}\n\n```bash\ndetoxrl plan --profile profiles/{name}\n```\n\n"
+                     + render(params, root / "models" / "base", root))
+    return HEADER.format(sources="params.yaml, profiles/*.yaml and src/detoxrl/models/known_configs.yaml") \
+        + "\n".join(parts)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": headline_table,
+    "memory-plan": memory_plan_block,
     "judges-perspective": judges_perspective_block,
     "judges-human": judges_human_block,
     "reward-model": reward_model_block,

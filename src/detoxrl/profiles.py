@@ -126,6 +126,35 @@ def uncommitted_changes(text: str, committed: str, chain: list[Profile]) -> str:
 _READ_GIT, _MISSING = object(), object()
 
 
+def _merge(dst, src: dict, prefix: str, source: Path, params_path: Path) -> None:
+    """Deep-merge a profile's overrides into a params tree (a dict or ruamel's CommentedMap), in place."""
+    for key, value in src.items():
+        if key not in dst:
+            raise DetoxError(f"{source}: {prefix}{key}: unknown key (not in {params_path})")
+        if isinstance(value, dict) and isinstance(dst[key], dict) and key not in _WHOLE:
+            _merge(dst[key], value, f"{prefix}{key}.", source, params_path)
+        else:
+            dst[key] = value
+
+
+def resolved_params(params_path: str | Path, profile_path: str | Path) -> Params:
+    """params.yaml with a profile's chain merged in (base first), validated, in memory: what `use-profile` would
+    write, params.yaml untouched."""
+    params_path = Path(params_path)
+    chain = resolve_chain(profile_path)
+    try:
+        tree = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DetoxError(f"{params_path}: params file not found") from None
+    for profile in chain:
+        _merge(tree, profile.overrides, "", profile.path, params_path)
+    tree[RECORD] = [*(tree.get(RECORD) or []), *(p.path.name for p in chain)]
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise DetoxError(_format_error(chain[-1].path, exc)) from None
+
+
 def apply_profile(params_path: str | Path, profile_path: str | Path, force: bool = False,
                   committed: str | None | object = _READ_GIT) -> Applied:
     """Merge a profile's chain (base first) into params.yaml, validate the result, record the chain, then write.
@@ -146,17 +175,8 @@ def apply_profile(params_path: str | Path, profile_path: str | Path, force: bool
     text = params_path.read_text(encoding="utf-8")
     doc = rt.load(text)
 
-    def merge(dst, src, prefix, source):
-        for key, value in src.items():
-            if key not in dst:
-                raise DetoxError(f"{source}: {prefix}{key}: unknown key (not in {params_path})")
-            if isinstance(value, dict) and isinstance(dst[key], dict) and key not in _WHOLE:
-                merge(dst[key], value, f"{prefix}{key}.", source)
-            else:
-                dst[key] = value
-
     for profile in chain:
-        merge(doc, profile.overrides, "", profile.path)
+        _merge(doc, profile.overrides, "", profile.path, params_path)
     if RECORD not in doc:
         raise DetoxError(f"{params_path}: no `{RECORD}:` key (the committed params.yaml has `{RECORD}: []`)")
     names, seq = [p.path.name for p in chain], doc[RECORD]
