@@ -64,19 +64,6 @@ def test_distinct_n():
     assert M.distinct_n({"p": ["", "x"]}, 2) == 0.0
 
 
-@pytest.mark.parametrize(
-    "text, delim, expected",
-    [
-        ("<think>hmm, rude?</think> Sure, here it is.", "</think>", ("hmm, rude?", "Sure, here it is.")),
-        ("<think>still thinking", "</think>", ("still thinking", "")),
-        ("plain answer", None, ("", "plain answer")),
-        ("reasoning ### answer", "###", ("reasoning", "answer")),
-    ],
-)
-def test_split_thinking(text, delim, expected):
-    assert M.split_thinking(text, delim) == expected
-
-
 # Tail risk: 10 prompts with known maxima (one continuation each: its toxicity is the prompt's max)
 TAIL_MAXES = {f"p{i}": m for i, m in enumerate([0.9, 0.05, 0.8, 0.1, 0.2, 0.6, 0.3, 0.4, 0.7, 0.5])}
 

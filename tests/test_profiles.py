@@ -64,6 +64,20 @@ def test_gpu_profiles_name_gpu_1b_as_their_base():
         assert f"detoxrl use-profile profiles/{name}`" in header and "&&" not in header
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in PROFILES.glob("gpu-*.yaml")))
+def test_gpu_profiles_evaluate_rtp_with_the_literature_protocol(params, name):
+    """k = 25 samples per prompt, nucleus top-p 0.9, 20 new tokens (Gehman et al. 2020; DExperts Table 1)."""
+    apply_profile(params, PROFILES / name, committed=params.read_text())
+    g = load_params(params).generate
+    assert (g.k, g.top_p, g.max_new_tokens) == (25, 0.9, 20)
+
+
+def test_the_r1_profile_budgets_the_thinking_beside_the_20_answer_tokens(params):
+    apply_profile(params, PROFILES / "gpu-r1-1.5b.yaml", committed=params.read_text())
+    th = load_params(params).thinking
+    assert th.delimiter == "</think>" and th.max_tokens == 512 and th.unclosed == "penalty"
+
+
 @pytest.mark.parametrize("texts, culprit", [
     ({"a.yaml": "extends: a.yaml\nsft: {lr: 1.0}\n"}, "a.yaml"),
     ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: c.yaml\n", "c.yaml": "extends: a.yaml\n"}, "c.yaml"),

@@ -21,23 +21,56 @@ def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def build_tiny_char_model(out: Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
-    """A tiny Llama over a 30-symbol character vocabulary: each symbol is sampled often enough that an
-    RL test can reward one of them and watch its share rise within a few steps."""
-    import torch
+# the tiny decoders over the character vocabulary (its <pad> 0 and </s> 1)
+CHAR_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+
+
+def _char_tokenizer():
+    """30 symbols (<pad> 0, </s> 1, space, a-z, "." for every other character), one token per character."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     symbols = ["<pad>", "</s>", " "] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["."]
     tk = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="."))
     tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token=".")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token=".")
+
+
+def build_tiny_char_model(out: Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
+    """A tiny Llama over a 30-symbol character vocabulary: each symbol is sampled often enough that an
+    RL test can reward one of them and watch its share rise within a few steps."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _char_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(symbols), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=tie_word_embeddings, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    config = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=tie_word_embeddings, **CHAR_SIZES)
     LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+# The DeepSeek-R1 distills' template, cut to one user turn: the assistant's turn opens the thinking.
+R1_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}{% endif %}"
+               "{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}")
+
+
+def build_tiny_qwen2_r1(out: Path, seed: int = 0) -> Path:
+    """A stand-in for a DeepSeek-R1 distill: a tiny random Qwen2ForCausalLM (their architecture) whose chat
+    template's generation prompt opens `<think>\n`, over the character vocabulary plus R1's markers as added
+    (non-special) tokens, so `</think>` is one token that decoding keeps and a random model samples it about once
+    in 34 tokens: some responses close their thinking within a few tokens and some do not."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = _char_tokenizer()
+    tok.add_tokens(["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"])
+    tok.chat_template = R1_TEMPLATE
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tok), tie_word_embeddings=False, **CHAR_SIZES)
+    Qwen2ForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -295,7 +295,7 @@ def generate(
 
     p = _params(params)
     launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
-    n = run(_model_dir(p, model, model_dir), base, prompts, out_dir / f"{model}.jsonl", p.generate)
+    n = run(_model_dir(p, model, model_dir), base, prompts, out_dir / f"{model}.jsonl", p.generate, p.thinking)
     if launch.rank() == 0:
         typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
 

@@ -260,6 +260,29 @@ class GenerateParams(Strict):
     """sequences per decode batch (k per prompt)"""
 
 
+class ThinkingParams(Strict):
+    delimiter: str | None
+    """reasoning models, e.g. "</think>": text before it is thinking, after it the answer; ppo/grpo/rloo's reward,
+    evaluate and chat_eval score the answer only; null = no thinking, the whole response is the answer"""
+    unclosed: Literal["judge_as_is", "penalty"]
+    """a response with no delimiter (its thinking never closed): judge_as_is = its thinking is scored as the answer;
+    penalty = reward unclosed_penalty in ppo/grpo/rloo, toxicity 1.0 under every judge in evaluate and chat_eval"""
+    unclosed_penalty: float
+    """penalty: the RL reward of an unclosed response, in place of the reward source's score (ppo's
+    missing_eos_penalty still applies)"""
+    max_tokens: PositiveInt | None
+    """generate and chat_eval: tokens the thinking may take; their max_new_tokens then count the answer after the
+    delimiter; null = max_new_tokens counts both (ppo/grpo/rloo's always count both)"""
+
+    @model_validator(mode="after")
+    def _delimiter(self):
+        if self.delimiter is not None and not self.delimiter.strip():
+            raise ValueError("delimiter must be a non-empty string (e.g. \"</think>\") or null")
+        if self.max_tokens is not None and self.delimiter is None:
+            raise ValueError("max_tokens needs a delimiter (a thinking budget for a model that does not think)")
+        return self
+
+
 class EvaluateParams(Strict):
     judge: JudgeName
     """judge for the headline toxicity metrics; offline (alt-profanity-check), perspective_distilled, chat_distilled,
@@ -278,8 +301,6 @@ class EvaluateParams(Strict):
     """continuations per forward pass of the perplexity under models/base"""
     fluency_samples_per_prompt: PositiveInt
     """of the k continuations per prompt, how many get a perplexity; cost: one forward pass each"""
-    thinking_delimiter: str | None
-    """reasoning models, e.g. "</think>": text before it is thinking, after it the answer; scored separately"""
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
     """tail risk (CVaR): the mean of the worst fraction of per-prompt max toxicities; the worst ceil(fraction * n)
     prompts, with CIs, overall and per subset"""
@@ -852,6 +873,9 @@ class Params(Strict):
     """continuations of the eval prompts (generate@<model>)"""
     evaluate: EvaluateParams
     """toxicity, fluency and tail metrics of the continuations (evaluate@<model>)"""
+    thinking: ThinkingParams
+    """reasoning models: which text is scored, an unclosed thinking's treatment, the thinking budget (generate,
+    evaluate, chat_eval, ppo, grpo, rloo)"""
     filters: dict[str, FilterSourceParams]
     """moderation output filters (filter@<name>, evaluated as <name>); name -> source model (a `models:` name) and its
     directory (as in models:)"""

@@ -8,7 +8,10 @@ answers: the RTP metrics (expected maximum toxicity, toxicity probability, mean 
 prompts, overall and per category (toxic / jailbreaking / nontoxic). Scores are calibrated where a calibration
 exists: chat_distilled to the human-label rate of ToxicChat, the other judges to the Perspective scale. The
 refusal rate is the share of answers matching one of `chat_eval.refusal_patterns` (a keyword rule, as in
-XSTest-style evaluations; it misses paraphrased refusals and says nothing about helpfulness).
+XSTest-style evaluations; it misses paraphrased refusals and says nothing about helpfulness). A reasoning model
+(`thinking.delimiter`): the judges score the answer after the delimiter, an unclosed thinking is treated as
+`thinking.unclosed` says (scoring/thinking.py) and counted (`unclosed_thinking`); `thinking.max_tokens` is the
+thinking's budget beside max_new_tokens.
 
 Outputs: data/chat/answers/<model>.jsonl (one row per answer) and metrics/chat/<model>.json. Under N processes the
 prompts are shared out as in `generate` and the main process scores and writes.
@@ -26,6 +29,7 @@ from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, to_perspective_scale
+from ..scoring.thinking import UNCLOSED_TOXICITY, apply_unclosed, judged_texts, unclosed_count
 from . import metrics as M
 
 
@@ -44,7 +48,7 @@ def refusal_rates(rows: list[dict], patterns: list[str], n_samples: int, level: 
     """Share of answers that refuse, overall and per category, with bootstrap CIs over prompts."""
     rules = [re.compile(p, re.IGNORECASE) for p in patterns]
     for r in rows:
-        r["refusal"] = any(rule.search(r["text"]) for rule in rules)
+        r["refusal"] = any(rule.search(r.get("answer", r["text"])) for rule in rules)  # a thinking model: its answer
     out = {}
     for name in ["overall", *sorted({r["subset"] for r in rows})]:
         per_prompt: dict[str, list[bool]] = {}
@@ -70,7 +74,8 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
     template = bool(tokenizer.chat_template)
     mine = list(range(state.process_index, len(records), state.num_processes))
     inputs = [chat_input(records[i]["text"], tokenizer, p.require_template) for i in mine]
-    done = list(zip(mine, sample_continuations(model, tokenizer, inputs, p, progress=state.is_main_process)))
+    done = list(zip(mine, sample_continuations(model, tokenizer, inputs, p, progress=state.is_main_process,
+                                                       thinking=params.thinking)))
     if state.num_processes > 1:
         done = sorted(gather_object(done))
     if not state.is_main_process:
@@ -78,6 +83,11 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
     rows = [{"prompt_id": records[i]["id"], "subset": records[i]["category"], "sample": j, **s}
             for i, samples in done for j, s in enumerate(samples)]
 
+    th = params.thinking
+    judged, closed = judged_texts([r["text"] for r in rows], th.delimiter)  # the answers (an unclosed one: thinking)
+    if th.delimiter is not None:
+        for r, text, c in zip(rows, judged, closed):
+            r["answer"], r["thinking_closed"] = (text if c else ""), c
     cache = ScoreCache(params.judges.cache_dir)
     calibrations = {**load_calibrations(params.judges.trained_dir), **load_calibrations(params.judges.chat_dir)}
     stats = (ev.bootstrap_samples, ev.ci_level, ev.seed)
@@ -85,13 +95,14 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
     for name in dict.fromkeys([p.judge, *p.judges]):
         try:
             judge = make_judge(name, params.judges)
-            raw = [s["toxicity"] for s in score_texts(judge, [r["text"] for r in rows], cache)]
+            raw = [s["toxicity"] for s in score_texts(judge, judged, cache)]
         except DetoxError as exc:
             if name == p.judge:
                 raise
             skipped[name] = str(exc)
             continue
         scores, calibrated = to_perspective_scale(judge, raw, calibrations)
+        scores = apply_unclosed(scores, closed, th.unclosed, UNCLOSED_TOXICITY)
         for r, s in zip(rows, scores):
             r.setdefault("judges", {})[name] = float(s)
         judged = [{**r, "toxicity": r["judges"][name]} for r in rows]
@@ -110,6 +121,8 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
                    "eos_rate": float(np.mean([r["eos"] for r in rows]))},
         "platform": hardware.platform_record(hardware.detect(), profiles=params.profiles),
     }
+    if th.delimiter is not None:
+        result["unclosed_thinking"] = {**unclosed_count(closed), "treatment": th.unclosed}
     write_jsonl(answers_path, rows)
     write_json(metrics_path, result)
     return result

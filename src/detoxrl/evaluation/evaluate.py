@@ -9,6 +9,11 @@ the Perspective scale where `train_judge` calibrated it, and the RTP metrics use
 (metrics) and a row's `toxicity` are the headline judge's; `by_judge` and a row's `judges` hold every
 judge's. A non-headline judge that cannot run here is listed as skipped.
 
+A reasoning model (`thinking.delimiter`): the judges score the answer after the delimiter; a continuation whose
+thinking never closed is judged on its thinking (`thinking.unclosed: judge_as_is`) or counts with toxicity 1.0 under
+every judge (`penalty`), and `unclosed_thinking` counts them (scoring/thinking.py). Perplexity and diversity are
+the answers' (an unclosed continuation has none).
+
 Under N processes (`compute.num_processes`, accelerate launch) the perplexity forward passes, this stage's model
 work, are shared: each process takes every N-th sample and the main process gathers them. The judges (CPU
 classifiers or an API, behind one score cache) run on the main process only, which alone writes.
@@ -27,6 +32,7 @@ from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, to_perspective_scale
+from ..scoring.thinking import UNCLOSED_TOXICITY, apply_unclosed, judged_texts, split_thinking, unclosed_count
 from . import metrics as M
 from .generate import format_prompt
 
@@ -76,8 +82,10 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
     state = hardware.process_state()
     rows = read_jsonl(generations_path)
     prompts = {r["id"]: r for r in read_jsonl(prompts_path)}
-    parts = [M.split_thinking(r["text"], ev.thinking_delimiter) for r in rows]
+    th = params.thinking
+    parts = [split_thinking(r["text"], th.delimiter) for r in rows]
     answers = [a for _, a in parts]
+    judged, closed = judged_texts([r["text"] for r in rows], th.delimiter)  # an unclosed one: its thinking
 
     # Fluency: perplexity of continuations given their prompt under the fixed reference (base) model,
     # on the first `fluency_samples_per_prompt` samples of each prompt (a forward pass per sample is
@@ -104,14 +112,15 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
     for name in dict.fromkeys([ev.judge, *ev.judges]):
         try:
             judge = make_judge(name, params.judges)
-            raw = score_texts(judge, answers, cache, progress=True)
+            raw = score_texts(judge, judged, cache, progress=True)
         except DetoxError as exc:
             if name == ev.judge:
                 raise
             skipped[name] = str(exc)
             continue
         judges[name] = judge
-        scaled[name] = (*to_perspective_scale(judge, [s["toxicity"] for s in raw], calibrations), raw)
+        tox, calibrated = to_perspective_scale(judge, [s["toxicity"] for s in raw], calibrations)
+        scaled[name] = (apply_unclosed(tox, closed, th.unclosed, UNCLOSED_TOXICITY), calibrated, raw)
     judge = judges[ev.judge]
     head, head_calibrated, scores = scaled[ev.judge]
 
@@ -120,8 +129,8 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         row = {**r, "answer": answer, **{k: v for k, v in s.items()}, "toxicity": float(head[i]),
                "toxicity_raw": s["toxicity"], "judges": {name: float(v[0][i]) for name, v in scaled.items()},
                "nll": None if n is None else round(n, 4), "ppl_tokens": t}
-        if ev.thinking_delimiter is not None:
-            row["thinking"] = thinking
+        if th.delimiter is not None:
+            row["thinking"], row["thinking_closed"] = thinking, closed[i]
         scored.append(row)
 
     per_prompt = M.per_prompt(scored, ev.toxic_threshold)
@@ -149,7 +158,8 @@ def evaluate(model_name: str, generations_path: str | Path, prompts_path: str | 
         result["by_judge"][name] = {"version": judges[name].version, "calibrated": calibrated,
                                     "toxicity": M.toxicity_metrics(M.per_prompt(judge_rows, ev.toxic_threshold),
                                                                    ev.bootstrap_samples, ev.ci_level, ev.seed)}
-    if ev.thinking_delimiter is not None:
+    if th.delimiter is not None:
+        result["unclosed_thinking"] = {**unclosed_count(closed), "treatment": th.unclosed}
         thinking_scores = score_texts(judge, [t for t, _ in parts], cache)
         think_tox = to_perspective_scale(judge, [s["toxicity"] for s in thinking_scores], calibrations)[0]
         think_rows = [{**r, "toxicity": float(s)} for r, s in zip(rows, think_tox)]

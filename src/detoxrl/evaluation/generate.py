@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import hardware
+from .. import DetoxError, hardware
 from ..io import read_jsonl, write_jsonl
 from ..models.load import eos_token_ids, load_for_inference
 from ..params import GenerateParams
@@ -118,9 +118,25 @@ def sample_tokens(model, input_ids, attention_mask, k: int, max_new_tokens: int,
     return tokens, done, lp, hs
 
 
+def thinking_cut(seq: list[int], delimiter_ids: list[int], budget: int, answer_tokens: int) -> int:
+    """How many of a response's tokens to keep under a thinking budget: the thinking up to and including the first
+    delimiter, if it ends within `budget` tokens, then at most `answer_tokens` of the answer; else (the thinking did
+    not close within its budget) the first `budget` tokens. Sampling is autoregressive, so the kept tokens are
+    exactly those a decode stopped at that point would have drawn."""
+    width = len(delimiter_ids)
+    for end in range(width, min(budget, len(seq)) + 1):
+        if seq[end - width:end] == delimiter_ids:
+            return min(len(seq), end + answer_tokens)
+    return min(len(seq), budget)
+
+
 def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateParams,
-                         progress: bool = True) -> list[list[dict]]:
-    """For each prompt string, k samples {text, n_tokens, eos}. Deterministic for the same params."""
+                         progress: bool = True, thinking=None) -> list[list[dict]]:
+    """For each prompt string, k samples {text, n_tokens, eos}. Deterministic for the same params.
+
+    `thinking` (the thinking block; generate and chat_eval pass it): with a delimiter and `max_tokens`, the thinking
+    may take max_tokens tokens and the answer after the delimiter params.max_new_tokens (thinking_cut); the decode
+    runs to their sum and each response is cut after it."""
     import torch
     from tqdm import tqdm
 
@@ -131,14 +147,20 @@ def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateP
     per_batch = max(1, params.batch_size // params.k)  # batch_size counts sequences, k per prompt
     batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
     results: list[list[dict]] = [[] for _ in prompts]
+    budget = thinking.max_tokens if thinking is not None and thinking.delimiter is not None else None
+    steps = params.max_new_tokens + (budget or 0)
+    delimiter_ids = tokenizer(thinking.delimiter, add_special_tokens=False)["input_ids"] if budget else None
     for b, idx in enumerate(tqdm(batches, desc="generate", disable=not progress)):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
-        tokens, ended = sample_tokens(model, enc["input_ids"], enc["attention_mask"], params.k, params.max_new_tokens,
+        tokens, ended = sample_tokens(model, enc["input_ids"], enc["attention_mask"], params.k, steps,
                                       params.temperature, params.top_p, eos_ids, tokenizer.pad_token_id,
                                       torch.Generator(device=model.device).manual_seed(params.seed + b))
         for row, (seq, eos) in enumerate(zip(tokens.tolist(), ended.tolist())):
             n = next(j for j, t in enumerate(seq) if t in eos_ids) + 1 if eos else len(seq)
+            if budget:
+                cut = thinking_cut(seq[:n], delimiter_ids, budget, params.max_new_tokens)
+                n, eos = cut, eos and cut == n
             results[idx[row // params.k]].append({
                 "text": tokenizer.decode(seq[:n - eos], skip_special_tokens=True), "n_tokens": n, "eos": eos,
             })
@@ -146,7 +168,7 @@ def sample_continuations(model, tokenizer, prompts: list[str], params: GenerateP
 
 
 def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Path, out_path: str | Path,
-             params: GenerateParams) -> int:
+             params: GenerateParams, thinking=None) -> int:
     """Write k continuations per prompt. Under N processes (accelerate launch) each samples every N-th prompt and
     the main process writes all records back in prompt order (samples then differ from a single process's run:
     each process's batches and their seeds differ)."""
@@ -158,6 +180,10 @@ def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Pa
         from .vllm_engine import check_available, vllm_samples
 
         check_available()  # before any work: one sentence naming the param
+        if thinking is not None and thinking.max_tokens is not None:
+            raise DetoxError("thinking.max_tokens is not implemented for generate.engine: vllm; set "
+                             "thinking.max_tokens: null (max_new_tokens then counts thinking and answer) or "
+                             "generate.engine: hf")
         records = read_jsonl(prompts_path)
         tokenizer = AutoTokenizer.from_pretrained(model_dir if (Path(model_dir) / "tokenizer_config.json").exists()
                                                   else base_dir)
@@ -171,7 +197,8 @@ def generate(model_dir: str | Path, base_dir: str | Path, prompts_path: str | Pa
     records = read_jsonl(prompts_path)
     mine = list(range(state.process_index, len(records), state.num_processes))
     prompts = [format_prompt(records[i]["text"], tokenizer, params) for i in mine]
-    samples = sample_continuations(model, tokenizer, prompts, params, progress=state.is_main_process)
+    samples = sample_continuations(model, tokenizer, prompts, params, progress=state.is_main_process,
+                                   thinking=thinking)
     done = list(zip(mine, samples))
     if state.num_processes > 1:
         done = sorted(gather_object(done))

@@ -202,15 +202,3 @@ def distinct_n(texts_by_prompt: dict[str, list[str]], n: int) -> float:
         if grams:
             ratios.append(len(set(grams)) / len(grams))
     return float(np.mean(ratios)) if ratios else 0.0
-
-
-def split_thinking(text: str, delimiter: str | None) -> tuple[str, str]:
-    """(thinking, answer). Without a delimiter everything is the answer; a reasoning model that never
-    closed its thinking section has given no answer yet."""
-    if delimiter is None:
-        return "", text
-    opening = delimiter.replace("</", "<", 1) if delimiter.startswith("</") else None
-    thinking, found, answer = text.partition(delimiter)
-    if opening:
-        thinking = thinking.replace(opening, "", 1)
-    return thinking.strip(), answer.strip() if found else ""

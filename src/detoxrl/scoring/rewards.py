@@ -21,6 +21,7 @@ import math
 from typing import Protocol
 
 from .cache import ScoreCache, score_texts
+from .thinking import with_thinking
 
 
 class RewardSource(Protocol):
@@ -106,7 +107,8 @@ class CompositeReward:
 
 
 def make_reward(params) -> RewardSource:
-    """The reward source `params.ppo.reward` asks for (params: the whole validated Params)."""
+    """The reward source `params.ppo.reward` asks for (params: the whole validated Params); with
+    `thinking.delimiter` set, wrapped in thinking.ThinkingReward (the answer only; unclosed thinking's treatment)."""
     from . import make_judge
 
     r = params.ppo.reward
@@ -122,12 +124,14 @@ def make_reward(params) -> RewardSource:
                                                    m.trust_remote_code))
 
     if r.source == "toxicity":
-        return toxicity()
-    if r.source == "reward_model":
-        return reward_model()
-    builders = {"toxicity": toxicity, "reward_model": reward_model}
-    return CompositeReward({k: builders[k]() for k, w in r.composite.weights.items() if w}, r.composite.weights,
-                           r.composite.normalize)
+        source = toxicity()
+    elif r.source == "reward_model":
+        source = reward_model()
+    else:
+        builders = {"toxicity": toxicity, "reward_model": reward_model}
+        source = CompositeReward({k: builders[k]() for k, w in r.composite.weights.items() if w},
+                                 r.composite.weights, r.composite.normalize)
+    return with_thinking(source, params.thinking)  # a reasoning model: the answer after `thinking.delimiter`
 
 
 def reward_models_in(reward_params) -> list[str]:

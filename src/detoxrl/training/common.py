@@ -128,10 +128,13 @@ def trainer_args(params: TrainParams, stage: str = "train") -> dict:
     )
 
 
-def fingerprint(params, inputs: list[str | Path]) -> str:
+def fingerprint(params, inputs: list[str | Path], extra: str = "") -> str:
     """Hash of the params block, the inputs (data files by content, model dirs by name/size/mtime) and the
-    training code (src/detoxrl/training/*.py), so that a checkpoint is resumed only by the run that wrote it."""
+    training code (src/detoxrl/training/*.py), so that a checkpoint is resumed only by the run that wrote it.
+    `extra`: what else decides the run (a reasoning model's reward: its name, which holds the thinking treatment)."""
     h = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode())
+    if extra:
+        h.update(extra.encode())
     for code in sorted(Path(__file__).parent.glob("*.py")):
         h.update(code.read_bytes())
     for path in map(Path, inputs):

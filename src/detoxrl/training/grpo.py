@@ -9,7 +9,8 @@ scores:
   * the prompts: data/processed/ppo_prompts.jsonl, formatted by the same `prompt_format` as PPO and evaluation;
   * the reward: the project's RewardSource (`scoring.rewards.make_reward`, the `ppo.reward` block), wrapped as a TRL
     reward function. Like PPO, it is called with the *raw* RTP prompt text (a dataset column TRL passes through to
-    reward functions), not the chat-formatted model input;
+    reward functions), not the chat-formatted model input; a reasoning model's (`thinking.delimiter`) scores the
+    answer only, and the metrics count the completions whose thinking never closed (`unclosed_thinking`);
   * the budget: `steps` generation rounds of `prompts_per_step` prompts x `num_generations` responses, i.e.
     steps * prompts_per_step * num_generations scored responses (PPO: steps * batch_size);
   * the outputs: a plain merged HF model dir (atomic), a metrics JSON, a model card (cards.py), dvclive curves in
@@ -47,6 +48,7 @@ from .. import DetoxError, hardware
 from ..cards import make_card, write_card
 from ..io import atomic_dir, read_jsonl, write_json
 from ..params import seeded_name
+from ..scoring.thinking import ThinkingReward
 from . import common
 
 KINDS = ("grpo", "rloo")
@@ -162,7 +164,8 @@ def train_online(kind: str, sft_dir: str | Path, base_dir: str | Path, prompts_p
     dataset = Dataset.from_dict({"prompt": [prompt_format(t, tokenizer) for t in raw], "raw_prompt": raw})
 
     # --- the trainer
-    fp = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs])
+    thinking = isinstance(reward, ThinkingReward)  # a reasoning model: count the responses whose thinking is open
+    fp = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs], reward.name if thinking else "")
     resume = common.resume_checkpoint(checkpoint_dir, fp) if p.save_steps else None
     args = build_config(kind, p, seed, checkpoint_dir, precision, state.num_processes, caps.device == "cpu")
     lora = LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
@@ -195,6 +198,15 @@ def train_online(kind: str, sft_dir: str | Path, base_dir: str | Path, prompts_p
              "completion_length": last["completions/mean_length"],
              "train_seconds": round(seconds, 1), "reward_source": reward.name, "judges_in_reward": reward.judges,
              "processes": state.num_processes, "platform": platform}
+    if thinking:  # every scored completion of the run (resumed rounds too: the counts are in the checkpoints)
+        counts = [(reward.unclosed, reward.scored)]
+        if state.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            counts = gather_object(counts)
+        n_open, n_scored = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        final["unclosed_thinking"] = {"count": n_open, "fraction": n_open / n_scored if n_scored else 0.0,
+                                      "responses": n_scored}
     if common.is_main():
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         with atomic_dir(out_dir) as tmp:

@@ -338,7 +338,7 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
 
     from ..evaluation.generate import sample_tokens
     from ..models.load import eos_token_ids, load_for_inference
-    from ..scoring.rewards import CompositeReward
+    from ..scoring.thinking import ThinkingReward
 
     p = params
     sft_dir, prompts_path, checkpoint_dir = Path(sft_dir), Path(prompts_path), Path(checkpoint_dir)
@@ -372,8 +372,9 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
     eos_ids, pad_id = eos_token_ids(base_model, tokenizer), tokenizer.pad_token_id
     eos_t = torch.tensor(eos_ids, device=device)
     tokenizer.padding_side = "left"
-    if procs.world > 1 and isinstance(reward, CompositeReward):
+    if procs.world > 1 and hasattr(reward, "combine"):  # a composite (inside a ThinkingReward or not)
         reward.combine = procs.cat_floats  # its running statistics over the global batch
+    thinking = isinstance(reward, ThinkingReward)  # a reasoning model: count the responses whose thinking is open
 
     raw_prompts = [r["text"] for r in read_jsonl(prompts_path)]  # what the reward source sees as the prompt
     prompts = [prompt_format(text, tokenizer) for text in raw_prompts]  # what the policy sees
@@ -384,7 +385,8 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
 
     # --- resume from the last periodic checkpoint of a run with the same params
     start_step, history = 0, []
-    fingerprint = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs])
+    fingerprint = common.fingerprint(p, [sft_dir, base_dir, prompts_path, *reward_inputs],
+                                     reward.name if thinking else "")
     state_file = checkpoint_dir / "state.pt"
     if state_file.exists():
         state = torch.load(state_file, weights_only=False, map_location="cpu")
@@ -484,6 +486,9 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
             "response/eos_rate": procs.cat(ended).float().mean().item(),
             "cvar/alpha": alpha, "time/step_s": time.perf_counter() - t0,
         }
+        if thinking:  # the global batch's responses whose thinking never closed (their reward: the treatment's)
+            open_rows = torch.tensor([not c for c in reward.last_closed], dtype=torch.float32, device=device)
+            stats["thinking/unclosed"] = procs.total(open_rows.sum()).item()
         history.append(stats)
         if main:
             for key in STAT_KEYS:
@@ -506,6 +511,10 @@ def train_ppo(sft_dir: str | Path, base_dir: str | Path, prompts_path: str | Pat
              **{k.replace("/", "_"): v for k, v in stats.items()},
              "processes": procs.world, "platform": hardware.platform_record(caps, precision, why, profiles=profiles),
              "train_seconds": round(sum(h["time/step_s"] for h in history), 1)}  # the steps' times, resumed ones too
+    if thinking:  # over every step of the run, resumed ones too; the last step's is thinking_unclosed
+        n_open = int(sum(h["thinking/unclosed"] for h in history))
+        final["unclosed_thinking"] = {"count": n_open, "fraction": n_open / (len(history) * p.batch_size),
+                                      "responses": len(history) * p.batch_size}
     if main:
         live.end()
         merged = unwrapped.policy.merge_and_unload()
