@@ -45,7 +45,8 @@ def main() -> None:
         linears = linears_rate(model, bs) / limit
         print(f"batch={bs:4d}: the linear layers alone reach {linears:.0%} of the limit")
         params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=args.k,
-                                max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9, seed=0, batch_size=bs)
+                                max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9, seed=0, batch_size=bs,
+                                compute=dict(num_processes=None, accelerate_config=None))
         sample_continuations(model, tok, texts[: max(1, bs // args.k)], params, progress=False)  # warm-up
         t = time.perf_counter()
         out = sample_continuations(model, tok, texts, params, progress=False)

@@ -57,7 +57,8 @@ def run_ppo(steps: int, passes: int, tokens: int, prompts: Path, precision: str,
         clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
         missing_eos_penalty=None, reward=reward,
         cvar=dict(enabled=False, alpha=1.0, anneal_steps=0), checkpoint_every=0,
-        mixed_precision="bf16" if precision == "bf16" else "none")
+        mixed_precision="bf16" if precision == "bf16" else "none",
+        compute=dict(num_processes=None, accelerate_config=None))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train_ppo(ROOT / "models/base", ROOT / "models/base", prompts, tmp / "out", tmp / "m.json", tmp / "plots",
@@ -103,7 +104,8 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str
     params = OnlineRLParams(seed=0, steps=steps, prompts_per_step=4, num_generations=4, num_iterations=passes, lr=2e-4,
                             beta=0.05, epsilon=0.2, max_grad_norm=1.0, max_new_tokens=tokens, temperature=1.0,
                             top_p=1.0, lora=LORA, mixed_precision="bf16" if precision == "bf16" else "none",
-                            gradient_checkpointing=False, save_steps=0)
+                            gradient_checkpointing=False, save_steps=0,
+                            compute=dict(num_processes=None, accelerate_config=None))
     with tempfile.TemporaryDirectory() as tmp:
         args = build_config("grpo", params, 0, tmp, "bf16" if precision == "bf16" else "none", use_cpu=True)
         trainer = GRPOTrainer(model=str(ROOT / "models/base"), reward_funcs=toxicity_reward, args=args,

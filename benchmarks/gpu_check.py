@@ -112,7 +112,8 @@ def check_generation(model_dir: Path, device, prompts: list[str], k: int, new_to
     model, tok = load_for_inference(model_dir, model_dir, device=device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=k, max_new_tokens=new_tokens,
-                            temperature=1.0, top_p=1.0, seed=0, batch_size=len(prompts) * k)
+                            temperature=1.0, top_p=1.0, seed=0, batch_size=len(prompts) * k,
+                            compute=dict(num_processes=None, accelerate_config=None))
     sample_continuations(model, tok, prompts[:2], params, progress=False)  # warm-up
     reset_memory(device)
     sync(device)

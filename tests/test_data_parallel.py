@@ -162,7 +162,8 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
                     LetterReward(), lambda text, tok: text, progress=False)
         model, tok = load_for_inference(tiny_dir, tiny_dir)
         params = GenerateParams(engine="hf", prompt_format="raw", chat_instruction="", k=2, max_new_tokens=5,
-                                temperature=1.0, top_p=0.9, seed=0, batch_size=4)
+                                temperature=1.0, top_p=0.9, seed=0, batch_size=4,
+                                compute=dict(num_processes=None, accelerate_config=None))
         samples = sample_continuations(model, tok, ["The", "Why"], params, progress=False)
     AcceleratorState._reset_state(True)
     assert len(samples) == 2 and all(len(s) == 2 for s in samples)

@@ -10,7 +10,8 @@ from tiny import build_tiny_model
 
 def gparams(**kw):
     base = dict(engine="hf", prompt_format="raw", chat_instruction="Continue the following text.", k=3,
-                max_new_tokens=6, temperature=1.0, top_p=0.9, seed=11, batch_size=6)
+                max_new_tokens=6, temperature=1.0, top_p=0.9, seed=11, batch_size=6,
+                compute=dict(num_processes=None, accelerate_config=None))
     base.update(kw)
     return GenerateParams(**base)
 

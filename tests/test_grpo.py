@@ -31,7 +31,8 @@ def params(**kw) -> OnlineRLParams:
     d = dict(seed=0, steps=2, prompts_per_step=2, num_generations=2, num_iterations=1, lr=3e-3, beta=0.05,
              epsilon=0.2, max_grad_norm=1.0, max_new_tokens=6, temperature=1.0, top_p=1.0,
              lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"]),
-             mixed_precision="none", gradient_checkpointing=False, save_steps=0)
+             mixed_precision="none", gradient_checkpointing=False, save_steps=0,
+             compute=dict(num_processes=None, accelerate_config=None))
     d.update(kw)
     return OnlineRLParams(**d)
 

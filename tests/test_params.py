@@ -19,7 +19,8 @@ def _write(tmp_path, mutate):
     return path
 
 
-def test_committed_params_and_profiles_are_valid(tmp_path):
+def test_committed_params_and_profiles_are_valid(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the accelerate configs a profile names are read from the repo root
     params = load_params(ROOT / "params.yaml")
     assert params.base_model.source == "packaged:smollm2-135m-instruct"
     assert params.profiles == []

@@ -103,7 +103,8 @@ def ppo_params(**kw) -> PPOParams:
              kl=dict(coef=0.01, adaptive=False, target=6.0, horizon=1000), gamma=1.0, lam=0.95, clip_range=0.2,
              clip_range_value=0.2, vf_coef=0.1, entropy_coef=0.0, max_grad_norm=1.0, whiten_advantages=True,
              missing_eos_penalty=None, reward=load_params(ROOT / "params.yaml").ppo.reward.model_dump(),
-             cvar=dict(enabled=False, alpha=0.5, anneal_steps=5), checkpoint_every=0, mixed_precision="none")
+             cvar=dict(enabled=False, alpha=0.5, anneal_steps=5), checkpoint_every=0, mixed_precision="none",
+             compute=dict(num_processes=None, accelerate_config=None))
     d.update(kw)
     return PPOParams(**d)
 

@@ -184,20 +184,42 @@ def test_cli_use_profile_refuses_then_force_applies(tmp_path, params, monkeypatc
     assert load_params(params).profiles == ["gpu-1b.yaml", "gpu-r1-1.5b.yaml"]
 
 
-def test_every_profile_chain_applies_to_the_committed_params_and_validates(params):
+def test_every_profile_chain_applies_to_the_committed_params_and_validates(params, monkeypatch):
+    from detoxrl.cli import app
+
+    monkeypatch.chdir(ROOT)  # the accelerate configs a profile names are read from the repo root
     committed = params.read_text()
     for profile in sorted(PROFILES.glob("*.yaml")):
         params.write_text(committed)
         applied = apply_profile(params, profile, committed=committed)
+        checked = CliRunner().invoke(app, ["check-params", "--params", str(params)])
+        assert checked.output == f"{params}: ok\n", (profile.name, checked.exception)
         merged = load_params(params)
         assert merged.profiles == [p.path.name for p in resolve_chain(profile)] == applied.recorded
         if profile.name in ("gpu-r1-1.5b.yaml", "gpu-8b-zero3.yaml"):  # gpu-1b's settings, then its own
             assert merged.profiles[0] == "gpu-1b.yaml" and merged.dpo.eval_steps == 25
 
 
-def test_the_recorded_chain_reaches_the_platform_record(params):
+def test_the_zero3_profile_trains_the_rm_under_zero3_and_runs_ppo_data_parallel(params, monkeypatch):
+    from detoxrl.params import ComputeParams, deepspeed_setting, stage_compute
+
+    monkeypatch.chdir(ROOT)
+    apply_profile(params, PROFILES / "gpu-8b-zero3.yaml", committed=None)
+    p = load_params(params)  # the compute checks included: this chain can run as written
+    zero3 = "configs/accelerate/zero3-offload.yaml"
+    assert stage_compute(p, "reward_model") == ComputeParams(num_processes=8, accelerate_config=zero3)
+    assert deepspeed_setting(zero3)[0] == 3 and p.reward_model.quantization == "none"
+    assert p.reward_model.backbone == "hub:meta-llama/Llama-3.1-8B-Instruct"
+    for block in ("ppo", "grpo", "rloo", "sft", "dpo", "generate"):  # DDP: 8 processes, no DeepSpeed at all
+        compute = stage_compute(p, block)
+        assert compute.num_processes == 8 and deepspeed_setting(compute.accelerate_config) is None, block
+    assert p.ppo.reward.reward_model.model == "models/reward"  # PPO reads the 8B RM for inference only
+
+
+def test_the_recorded_chain_reaches_the_platform_record(params, monkeypatch):
     from detoxrl.training import common
 
+    monkeypatch.chdir(ROOT)
     apply_profile(params, PROFILES / "gpu-8b-zero3.yaml", committed=None)
     p = load_params(params)
     record = hardware.platform_record(hardware.detect("cpu"), profiles=p.profiles)

@@ -115,7 +115,7 @@ def sft(
     from .training.sft import train_sft
 
     p = _params(params)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    launch.relaunch(p, "sft")  # > 1 process (sft.compute, else compute): this command again, under accelerate launch
     m = train_sft(base, data, out, metrics, plots, p.sft, profiles=p.profiles)
     _card("sft", "sft", seed=p.sft.seed, init=_read_card("base")["init"], data=[data],
           signal="supervised: HH-RLHF chosen responses",
@@ -147,7 +147,7 @@ def dpo(
     p = _params(params)
     if block not in ("dpo", "dpo_feedback"):
         raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
-    launch.relaunch(p.compute)
+    launch.relaunch(p, block)
     if run is None:
         knobs = getattr(p, block) if seed is None else getattr(p, block).model_copy(update={"seed": seed})
         m = train_dpo(sft_model, base, train, val, out, metrics, plots, knobs, profiles=p.profiles)
@@ -233,7 +233,7 @@ def reward_model(
     from .training.reward_model import train_reward_model
 
     p = _params(params)
-    launch.relaunch(p.compute)
+    launch.relaunch(p, "reward_model")
     m = train_reward_model(base, train, val, out, metrics, plots, p.reward_model, profiles=p.profiles)
     if launch.rank() == 0:
         typer.echo(f"reward_model: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation accuracy "
@@ -294,7 +294,7 @@ def generate(
     from .evaluation.generate import generate as run
 
     p = _params(params)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
+    launch.relaunch(p, "generate")  # > 1 process (generate.compute, else compute): the prompts shared among processes
     n = run(_model_dir(p, model, model_dir), base, prompts, out_dir / f"{model}.jsonl", p.generate, p.thinking)
     if launch.rank() == 0:
         typer.echo(f"{model}: {n} continuations -> {out_dir / (model + '.jsonl')}")
@@ -317,7 +317,7 @@ def evaluate(
     p = _params(params)
     if model not in p.filters:  # a moderation filter's outputs are evaluated like a model's
         _model_dir(p, model, model_dir)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: the perplexity passes shared among processes
+    launch.relaunch(p, "evaluate")  # > 1 process (evaluate.compute, else compute): perplexity passes shared
     r = run(model, generations / f"{model}.jsonl", prompts, base, metrics_dir / f"{model}.json",
             scores_dir / f"{model}.jsonl", p)
     if launch.rank() != 0:
@@ -625,7 +625,7 @@ def chat_eval_cmd(
     from .evaluation.chat_eval import chat_eval
 
     p = _params(params)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: the prompts shared among processes
+    launch.relaunch(p, "chat_eval")  # > 1 process (chat_eval.compute, else compute): the prompts shared among processes
     r = chat_eval(model, _model_dir(p, model), base, prompts, Path("data/chat/answers") / f"{model}.jsonl",
                   Path("metrics/chat") / f"{model}.json", p)
     if launch.rank() != 0:
@@ -674,7 +674,7 @@ def ppo(
     name = seeded_name("ppo_cvar" if variant == "cvar" else "ppo", seed)
     out, metrics, plots = (out or Path("models") / name, metrics or Path("metrics") / f"{name}.json",
                            plots or Path("plots") / name)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    launch.relaunch(p, "ppo")  # > 1 process (ppo.compute, else compute): this command again, under accelerate launch
     reward = make_reward(p)
     final = train_ppo("models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out, metrics, plots,
                       Path(".cache/checkpoints") / name.replace("/", "_"), ppo_params, reward,
@@ -704,7 +704,7 @@ def _online(kind: str, params: Path, seed: Optional[int], out: Optional[Path], m
     block = getattr(p, kind)
     seed = block.seed if seed is None else seed
     name = seeded_name(kind, seed)
-    launch.relaunch(p.compute)  # compute.num_processes > 1: this command again, under accelerate launch
+    launch.relaunch(p, kind)  # > 1 process (<kind>.compute, else compute): this command again, under accelerate launch
     out = out or Path("models") / name
     final = train_online(kind, "models/sft", "models/base", "data/processed/ppo_prompts.jsonl", out,
                          metrics or Path("metrics") / f"{name}.json", plots or Path("plots") / name, block,

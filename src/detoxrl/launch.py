@@ -3,9 +3,11 @@
 `compute.num_processes: N` (params.yaml) with N > 1 makes `detoxrl ppo` (and the other data-parallel stages) run
 `accelerate launch --config_file <compute.accelerate_config> --num_processes N -m detoxrl ppo ...` and exit with
 its status, so `dvc repro` and `dvc exp run -S compute.num_processes=2` need no other command; the DVC stage graph
-is unchanged. Inside the launched processes (accelerate sets LOCAL_RANK / WORLD_SIZE) nothing is re-launched.
-Where no CUDA device exists the processes run on the CPU and talk over gloo; each gets an equal share of the
-cores (OMP_NUM_THREADS), so N processes do not oversubscribe them.
+is unchanged. A stage's block may override either field (`ppo.compute.num_processes`, ...; params.stage_compute),
+and what cannot run under the result fails when the params load (params.compute_problem). Inside the launched
+processes (accelerate sets LOCAL_RANK / WORLD_SIZE) nothing is re-launched. Where no CUDA device exists the
+processes run on the CPU and talk over gloo; each gets an equal share of the cores (OMP_NUM_THREADS), so N
+processes do not oversubscribe them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from . import DetoxError
+from .params import stage_compute
 
 
 def _cuda() -> bool:
@@ -53,9 +56,10 @@ def launch_command(num_processes: int, config: str | None, argv: list[str]) -> l
     return cmd + ["-m", "detoxrl", *argv]
 
 
-def relaunch(compute, argv: list[str] | None = None) -> None:
-    """Under `compute.num_processes` > 1 and not yet launched: run this command through `accelerate launch` and
-    exit with its status. Otherwise return and let the caller run the stage in this process."""
+def relaunch(params, block: str, argv: list[str] | None = None) -> None:
+    """Under the params block's effective `compute.num_processes` > 1 and not yet launched: run this command through
+    `accelerate launch` and exit with its status. Otherwise return and let the caller run the stage in this process."""
+    compute = stage_compute(params, block)
     if compute.num_processes <= 1 or launched():
         return
     argv = sys.argv[1:] if argv is None else argv

@@ -7,6 +7,7 @@ values fail with one line naming the key, so `dvc exp run -S prepare.seeed=3` fa
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -239,6 +240,23 @@ class JudgesParams(Strict):
     """OpenAI's moderation endpoint (key from OPENAI_API_KEY only)"""
 
 
+class ComputeParams(Strict):
+    num_processes: PositiveInt
+    """processes the data-parallel stages run in; > 1 re-launches the stage through `accelerate launch`"""
+    accelerate_config: str | None
+    """accelerate config (configs/accelerate/*.yaml: ddp, zero2, zero3-offload); null = plain DDP"""
+
+
+class StageComputeParams(Strict):
+    """A data-parallel stage's own compute (`<block>.compute`); each null field is the global `compute`'s."""
+
+    num_processes: PositiveInt | None
+    """processes this stage runs in; null = compute.num_processes"""
+    accelerate_config: str | None
+    """this stage's accelerate config; null = compute.accelerate_config; e.g. configs/accelerate/ddp.yaml: this stage
+    in DDP under a global DeepSpeed config"""
+
+
 class GenerateParams(Strict):
     engine: Literal["hf", "vllm"]
     """hf: the project's decode loop (the reference, CPU/GPU) | vllm: CUDA only, pip install vllm"""
@@ -258,6 +276,8 @@ class GenerateParams(Strict):
     """sampling seed"""
     batch_size: PositiveInt
     """sequences per decode batch (k per prompt)"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
 
 class ThinkingParams(Strict):
@@ -304,6 +324,8 @@ class EvaluateParams(Strict):
     tail_fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
     """tail risk (CVaR): the mean of the worst fraction of per-prompt max toxicities; the worst ceil(fraction * n)
     prompts, with CIs, overall and per subset"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
 
 class FilterSourceParams(Strict):
@@ -463,6 +485,8 @@ class ChatEvalParams(Strict):
     """sequences per decode batch"""
     refusal_patterns: list[str]
     """case-insensitive regular expressions (regexes); an answer matching one counts as a refusal"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
 
 class ReportParams(Strict):
@@ -531,6 +555,8 @@ class TrainParams(Strict):
     """(activation checkpointing) trade compute for memory: long sequences, big models"""
     lora: LoraParams
     """the LoRA adapter"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
     @model_validator(mode="after")
     def _quantized_needs_lora(self):
@@ -748,6 +774,8 @@ class PPOParams(Strict):
     metrics/ppo.json (platform). bf16 = autocast + a bf16 sampling copy: faster than fp32 on CPUs with AVX512-BF16/AMX
     (benchmarks/bench_ppo.py), several times slower where bf16 is emulated (AVX2-only CPUs). "none", not "no": YAML
     reads a bare no as false"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
     @model_validator(mode="after")
     def _prompts_per_rollout(self):
@@ -798,13 +826,8 @@ class OnlineRLParams(Strict):
     save_steps: NonNegInt
     """generation rounds between resumable checkpoints in .cache/checkpoints/<method>_s<seed> (0 = none), always at
     the end of a round, so a resumed run ends as an uninterrupted one; removed on success"""
-
-
-class ComputeParams(Strict):
-    num_processes: PositiveInt
-    """processes the data-parallel stages run in; > 1 re-launches the stage through `accelerate launch`"""
-    accelerate_config: str | None
-    """accelerate config (configs/accelerate/*.yaml: ddp, zero2, zero3-offload); null = plain DDP"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
 
 
 class Params(Strict):
@@ -918,6 +941,14 @@ class Params(Strict):
                                  f"({self.models[f.source]!r}), the directory dvc.yaml makes the stage depend on")
         return self
 
+    @model_validator(mode="after")
+    def _compute_can_run(self):
+        for block in COMPUTE_BLOCKS:
+            problem = compute_problem(self, block)
+            if problem:
+                raise ValueError(problem)
+        return self
+
 
 def seeded_name(method: str, seed: int) -> str:
     """The model name of one seed of a seeded method: ppo, 1 -> ppo/s1 (its files: models/ppo/s1,
@@ -935,6 +966,77 @@ def instances(params: Params) -> dict[str, str]:
     return out
 
 
+# The params blocks with a `compute:` sub-block: each names the stages (cli commands) that re-launch themselves under
+# `accelerate launch` with that block's effective compute (ppo_cvar runs the ppo block; dpo_feedback@* its own).
+COMPUTE_BLOCKS = ("sft", "dpo", "dpo_feedback", "reward_model", "ppo", "grpo", "rloo", "generate", "evaluate",
+                  "chat_eval")
+
+
+def stage_compute(params: Params, block: str) -> ComputeParams:
+    """The compute a block's stages run with: each field of `<block>.compute`, or the global `compute`'s where null."""
+    own, default = getattr(params, block).compute, params.compute
+    return ComputeParams(num_processes=own.num_processes or default.num_processes,
+                         accelerate_config=own.accelerate_config or default.accelerate_config)
+
+
+def deepspeed_setting(config: str | None) -> tuple[int, object] | None:
+    """(ZeRO stage, train_micro_batch_size_per_gpu) of an accelerate config file that runs DeepSpeed, read from its
+    `deepspeed_config` (or the JSON file that names); None for no file or another distributed type. Paths are
+    relative to the repo root, as `accelerate launch` reads them."""
+    if config is None:
+        return None
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"{config} not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if data.get("distributed_type") != "DEEPSPEED":
+        return None
+    ds = data.get("deepspeed_config") or {}
+    if ds.get("deepspeed_config_file"):
+        if not Path(ds["deepspeed_config_file"]).is_file():
+            raise ValueError(f"{config}: its deepspeed_config_file {ds['deepspeed_config_file']} not found")
+        full = json.loads(Path(ds["deepspeed_config_file"]).read_text(encoding="utf-8"))
+        return full.get("zero_optimization", {}).get("stage", 0), full.get("train_micro_batch_size_per_gpu", "auto")
+    return ds.get("zero_stage", 0), "auto"  # accelerate leaves the micro batch to `auto` without a DeepSpeed file
+
+
+def compute_problem(params: Params, block: str) -> str | None:
+    """Why a block's stages cannot run with their effective compute, in one sentence naming the option; None when
+    they can. Only what the code cannot do: under one process nothing is launched, so nothing applies."""
+    compute, own = stage_compute(params, block), getattr(params, block).compute
+    if compute.num_processes <= 1:
+        return None
+    key = f"{block}.compute.accelerate_config"
+    cfg = f"{compute.accelerate_config}{'' if own.accelerate_config else ', from compute.accelerate_config'}"
+    try:
+        ds = deepspeed_setting(compute.accelerate_config)
+    except ValueError as exc:
+        return f"{key if own.accelerate_config else 'compute.accelerate_config'}: {exc}"
+    zero3 = ds is not None and ds[0] == 3
+    if block == "ppo" and zero3:
+        return (f"{key}: PPO cannot run under ZeRO-3 ({cfg}): its rollout generation needs whole weights; give ppo its "
+                "own compute (data-parallel, no ZeRO-3)")
+    if block == "ppo" and ds is not None and not isinstance(ds[1], int):
+        return (f"{key}: PPO cannot run under DeepSpeed ({cfg}): it prepares its model without a dataloader, which "
+                "accelerate's DeepSpeed path takes only with an integer train_micro_batch_size_per_gpu; give ppo its "
+                "own compute (data-parallel, no DeepSpeed)")
+    if block in ("grpo", "rloo") and zero3:
+        return (f"{key}: {block.upper()} cannot run under ZeRO-3 ({cfg}): its main process alone merges the adapter "
+                f"into the policy and saves it, and ZeRO-3 leaves each process a shard; give {block} its own compute "
+                "(data-parallel or ZeRO-2)")
+    quantization = getattr(getattr(params, block), "quantization", "none")
+    if quantization != "none":
+        where = (f"under ZeRO-3 ({cfg}): the stage loads bitsandbytes weights whole, which ZeRO-3 cannot shard"
+                 if zero3 else f"in {compute.num_processes} processes: every process loads the quantized model "
+                 "onto GPU 0")
+        return (f"{block}.quantization: {quantization} cannot run {where}; set {block}.quantization: none or "
+                f"{block}.compute.num_processes: 1")
+    if block == "generate" and params.generate.engine == "vllm":
+        return (f"generate.engine: vllm cannot run in {compute.num_processes} processes: each would sample every "
+                "prompt and write the file; set generate.compute.num_processes: 1 (vLLM batches on its GPU itself)")
+    return None
+
+
 def ppo_cvar_params(params: Params) -> PPOParams:
     """The ppo_cvar experiment's PPO params: the `ppo` block with `ppo.cvar` replaced by the `ppo_cvar` block, enabled;
     seed, steps and batch stay PPO's, so the budget is the same."""
@@ -946,7 +1048,7 @@ def ppo_cvar_params(params: Params) -> PPOParams:
 def _format_error(path: Path, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        key = ".".join(str(p) for p in e["loc"])  # empty: a check across blocks, its message names the keys
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
@@ -955,7 +1057,7 @@ def _format_error(path: Path, err: ValidationError) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
-        parts.append(f"{key}: {msg}")
+        parts.append(f"{key}: {msg}" if key else msg)
     return f"{path}: " + "; ".join(parts)
 
 
