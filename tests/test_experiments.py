@@ -24,19 +24,50 @@ def test_default_repro_leaves_committed_experiments_out():
         upstream = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph),
                                                      repo.stage.collect("experiments/dvc.yaml:ppo_cvar@0"))]
     seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
-    assert experiments == [*(f"experiments/dvc.yaml:ppo_cvar@{s}" for s in seeds),
-                           *(f"experiments/dvc.yaml:rloo@{s}" for s in seeds)]
+    assert experiments == [f"experiments/dvc.yaml:{name}@{s}" for name in ("ppo_cvar", "rloo", "sft_seeds", "dpo_seeds")
+                           for s in seeds]
     assert "report" in plan and not set(experiments) & set(plan)
     # the experiment's own run brings its inputs up to date first, as the ppo stage's would
     assert {"sft", "reward_model", "train_judge", "prepare"} <= set(upstream)
     assert "ppo@0" not in upstream and upstream[-1] == "experiments/dvc.yaml:ppo_cvar@0"
 
 
-def test_ppo_cvar_block_is_not_a_default_model():
+def test_committed_experiments_are_not_default_models_and_each_pairs_with_its_default_counterpart():
     params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert "ppo_cvar" not in params.models and params.report.experiments == {"ppo_cvar": "ppo", "rloo": "grpo"}
+    assert params.report.experiments == {"ppo_cvar": "ppo", "rloo": "grpo", "sft_seeds": "sft", "dpo_seeds": "dpo"}
+    assert not set(params.report.experiments) & (set(params.models) | set(params.seeded))
     assert params.ppo.cvar.enabled is False  # the default ppo stage stays plain PPO
+    assert {"sft", "dpo"} <= set(params.models)  # trained once by default; over seeds only by the experiments
 
+
+def test_seed_experiments_run_the_default_stages_code_and_params_with_only_the_seed_and_paths_changed():
+    """sft_seeds/dpo_seeds declare what their sft/dpo source stage declares (data, code, params) plus evaluation,
+    and none of `seeds`: a stage reads only its own item's seed, so adding a seed retrains no existing one."""
+    top = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    exp = yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"]
+    for name, source in (("sft_seeds", "sft"), ("dpo_seeds", "dpo")):
+        stage = exp[name]
+        assert stage["matrix"] == {"seed": "${seeds}"} and stage["wdir"] == ".."
+        train = stage["cmd"][0]
+        assert train.startswith(f"detoxrl {source} --seed ${{item.seed}} --out models/{name}/s${{item.seed}}")
+        assert "--cards-dir experiments/results/cards" in train
+        assert set(top[source]["deps"]) <= set(stage["deps"])  # every data and code dep of the source stage
+        assert set(top[source]["params"]) <= set(stage["params"]) and "seeds" not in stage["params"]
+        assert {"generate", "evaluate", "judges.perspective_distilled"} <= set(stage["params"])
+        assert [next(iter(m)) for m in stage["metrics"]] == [
+            f"metrics/{name}/s${{item.seed}}.json", f"experiments/results/cards/{name}/s${{item.seed}}.json",
+            f"experiments/results/{name}/s${{item.seed}}.json"]
+
+
+def test_a_run_under_another_name_checkpoints_beside_the_default_runs_directory():
+    """A seed of sft_seeds/dpo_seeds never resumes, nor discards, the default sft/dpo run's checkpoints."""
+    from detoxrl.cli import _own_checkpoints
+
+    params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert _own_checkpoints(params.sft, "sft", "sft") is params.sft
+    seeded = _own_checkpoints(params.dpo.model_copy(update={"seed": 2}), "dpo_seeds/s2", "dpo")
+    assert (seeded.checkpoint_dir, seeded.seed) == (".cache/checkpoints/dpo_seeds_s2", 2)
+    assert params.dpo.checkpoint_dir == ".cache/checkpoints/dpo"  # the block itself is untouched
 
 @pytest.fixture
 def experiment_repo(tmp_path):
@@ -152,3 +183,97 @@ def test_ppo_cvar_params_are_ppo_with_the_cvar_block_enabled():
     # everything else is PPO's: the same seed, steps, rollouts and reward, so the same budget
     assert p.model_dump(exclude={"cvar"}) == params.ppo.model_dump(exclude={"cvar"})
     assert params.ppo.cvar.enabled is False  # the default block is untouched
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }} {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}a {% endif %}")
+
+
+@pytest.fixture
+def seeds_repo(experiment_repo):
+    """experiment_repo with the inputs of sft_seeds and dpo_seeds: the base model's card, a chat template on the
+    tiny tokenizer (SFT trains on chat turns), SFT dialogues and preference pairs, tiny budgets, seeds [0, 1]."""
+    from detoxrl.cards import make_card, write_card
+
+    repo = experiment_repo
+    for d in ("base", "sft"):
+        config = json.loads((repo / "models" / d / "tokenizer_config.json").read_text())
+        (repo / "models" / d / "tokenizer_config.json").write_text(json.dumps({**config,
+                                                                               "chat_template": CHAT_TEMPLATE}))
+    write_card(make_card("base", "base", seed=None, init="tiny:char-llama", data=[], signal="none"),
+               repo / "metrics" / "cards")
+    words = ["the cat sat", "a dog ran off", "why is it so", "our city is big", "when the sun set", "they all left"]
+    processed = repo / "data" / "processed"
+    (processed / "sft.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "messages": [
+        {"role": "user", "content": w}, {"role": "assistant", "content": words[i - 1]}]}) + "\n"
+        for i, w in enumerate(words)))
+    for split, ws in (("pref_train", words), ("pref_val", words[:2])):
+        (processed / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"id": f"{split}{i}", "prompt": w, "chosen": " so it goes", "rejected": " no no no"}) + "\n"
+            for i, w in enumerate(ws)))
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["seeds"] = [0, 1]
+    tiny = dict(max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, max_length=64, logging_steps=1, save_steps=100,
+                warmup_ratio=0.0)
+    p["sft"].update(tiny)
+    p["dpo"].update(tiny, eval_steps=100, eval_pairs=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return repo
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+@pytest.mark.slow
+def test_dpo_seeds_trains_its_seed_from_the_one_sft_model_and_a_seed_reproduces(seeds_repo):
+    repo = seeds_repo
+    run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:dpo_seeds@1"], repo)
+    lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())["stages"]["dpo_seeds@1"]
+    assert {o["path"] for o in lock["outs"]} == {
+        "models/dpo_seeds/s1", "data/generations/dpo_seeds/s1.jsonl", "experiments/results/dpo_seeds/s1.jsonl",
+        "metrics/dpo_seeds/s1.json", "experiments/results/cards/dpo_seeds/s1.json",
+        "experiments/results/dpo_seeds/s1.json", "plots/dpo_seeds/s1"}
+    assert lock["params"]["params.yaml"]["dpo"]["max_steps"] == 3
+    card = json.loads((repo / "experiments/results/cards/dpo_seeds/s1.json").read_text())
+    assert (card["name"], card["method"], card["seed"], card["init"]) == ("dpo_seeds/s1", "dpo", 1, "models/sft")
+    assert card["budget"]["training_samples"] == 6  # 3 steps x 2 pairs
+    assert not (repo / "metrics" / "cards" / "dpo_seeds").exists()  # outside the report stage's card deps
+    ev = json.loads((repo / "experiments/results/dpo_seeds/s1.json").read_text())
+    assert ev["model"] == "dpo_seeds/s1" and ev["n_prompts"] == 5 and ev["k"] == 2
+    assert len((repo / "experiments/results/dpo_seeds/s1.jsonl").read_text().splitlines()) == 10  # 5 prompts x 2
+    assert json.loads((repo / "metrics/dpo_seeds/s1.json").read_text())["steps"] == 3
+
+    # the stage's training command with the same seed gives the same model bit for bit, with another seed (another
+    # LoRA init and pair order) another model
+    for seed, out in ((1, "again"), (0, "other")):
+        run(["detoxrl", "dpo", "--seed", str(seed), "--out", f"models/{out}", "--metrics", f"{out}.json",
+             "--plots", out, "--cards-dir", "cards"], repo)
+        assert json.loads((repo / "cards" / f"{out}.json").read_text())["seed"] == seed
+    s1 = _weights(repo / "models/dpo_seeds/s1")
+    assert _same(_weights(repo / "models/again"), s1) and not _same(_weights(repo / "models/other"), s1)
+
+
+@pytest.mark.slow
+def test_sft_seeds_stage_trains_the_seed_it_names_and_another_seed_gives_another_adapter(seeds_repo):
+    repo = seeds_repo
+    run(["dvc", "repro", "--single-item", "experiments/dvc.yaml:sft_seeds@1"], repo)
+    card = json.loads((repo / "experiments/results/cards/sft_seeds/s1.json").read_text())
+    assert (card["name"], card["method"], card["seed"], card["init"]) == ("sft_seeds/s1", "sft", 1, "tiny:char-llama")
+    assert json.loads((repo / "experiments/results/sft_seeds/s1.json").read_text())["model"] == "sft_seeds/s1"
+    assert len((repo / "experiments/results/sft_seeds/s1.jsonl").read_text().splitlines()) == 10
+    assert (repo / "models/sft_seeds/s1/adapter_config.json").exists()  # a LoRA adapter, as models/sft is
+
+    out = run(["detoxrl", "sft", "--seed", "0", "--out", "models/other", "--metrics", "other.json", "--plots",
+               "other", "--cards-dir", "other-cards"], repo)
+    assert "sft seed 0: 3 steps" in out
+    from safetensors.torch import load_file
+
+    a1, a0 = (load_file(str(repo / d / "adapter_model.safetensors")) for d in ("models/sft_seeds/s1", "models/other"))
+    assert not _same(a0, a1)

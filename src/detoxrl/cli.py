@@ -102,27 +102,54 @@ def pull_raw_cmd():
     typer.echo(pull_raw(Path(".")))
 
 
+SeedOpt = typer.Option(None, "--seed", help="Training seed (default: the block's `seed`); outputs default to "
+                                            "<method>/s<seed>.")
+CardsDirOpt = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
+                           "experiments/results/cards, outside the report stage's deps).")
+
+
+def _out_name(out: Path) -> str:
+    """The model's name in the report and on its card: models/sft -> sft, models/sft_seeds/s1 -> sft_seeds/s1."""
+    return out.relative_to("models").as_posix() if out.is_relative_to("models") else out.name
+
+
+def _own_checkpoints(knobs, name: str, default: str):
+    """The block's knobs, checkpointing beside the block's `checkpoint_dir` in a directory of its own when the run
+    is not the stage's default model (a seed of a committed experiment: .cache/checkpoints/sft_seeds_s1), so that
+    it never resumes, nor discards, another run's checkpoints."""
+    if name == default:
+        return knobs
+    own = Path(knobs.checkpoint_dir).with_name(name.replace("/", "_"))
+    return knobs.model_copy(update={"checkpoint_dir": str(own)})
+
+
 @app.command()
 def sft(
     params: Path = ParamsOpt,
     base: Path = BaseOpt,
     data: Path = typer.Option(Path("data/processed/sft.jsonl"), help="SFT dialogues."),
-    out: Path = typer.Option(Path("models/sft"), help="Output model directory."),
+    out: Path = typer.Option(Path("models/sft"), help="Output model directory; its path under models/ names the "
+                             "model card (models/sft_seeds/s1 -> sft_seeds/s1)."),
     metrics: Path = typer.Option(Path("metrics/sft.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/sft"), help="Training curves (dvclive) directory."),
+    seed: Optional[int] = typer.Option(None, help="Training seed: the data order and the LoRA initialisation "
+                                       "(the sft_seeds@<seed> experiment). Default: sft.seed."),
+    cards_dir: Path = CardsDirOpt,
 ):
     """Supervised fine-tuning (TRL SFTTrainer, LoRA by default) of the base model on the chosen responses."""
     from .training.sft import train_sft
 
     p = _params(params)
+    name = _out_name(out)
+    knobs = _own_checkpoints(p.sft if seed is None else p.sft.model_copy(update={"seed": seed}), name, "sft")
     launch.relaunch(p, "sft")  # > 1 process (sft.compute, else compute): this command again, under accelerate launch
-    m = train_sft(base, data, out, metrics, plots, p.sft, profiles=p.profiles)
-    _card("sft", "sft", seed=p.sft.seed, init=_read_card("base")["init"], data=[data],
+    m = train_sft(base, data, out, metrics, plots, knobs, profiles=p.profiles)
+    _card(name, "sft", cards_dir, seed=knobs.seed, init=_read_card("base")["init"], data=[data],
           signal="supervised: HH-RLHF chosen responses",
-          training_samples=m["steps"] * p.sft.batch_size * p.sft.grad_accum, sample_unit="dialogues",
+          training_samples=m["steps"] * knobs.batch_size * knobs.grad_accum, sample_unit="dialogues",
           seconds=m["train_seconds"], platform=m["platform"])
     if launch.rank() == 0:
-        typer.echo(f"sft: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
+        typer.echo(f"sft seed {knobs.seed}: {m['steps']} steps, train loss {m['train_loss']:.3f} -> {out}")
 
 
 @app.command()
@@ -132,14 +159,16 @@ def dpo(
     base: Path = BaseOpt,
     train: Path = TrainPairsOpt,
     val: Path = ValPairsOpt,
-    out: Path = typer.Option(Path("models/dpo"), help="Output model directory."),
+    out: Path = typer.Option(Path("models/dpo"), help="Output model directory; its path under models/ names the "
+                             "model card (models/dpo_seeds/s1 -> dpo_seeds/s1)."),
     metrics: Path = typer.Option(Path("metrics/dpo.json"), help="Metrics file."),
     plots: Path = typer.Option(Path("plots/dpo"), help="Training curves (dvclive) directory."),
     block: str = typer.Option("dpo", help="The params block of knobs: dpo (HH pairs) or dpo_feedback (on-policy)."),
     run: Optional[str] = typer.Option(None, help="A `feedback_runs` key: DPO on its labelled pairs once per seed in "
                                       "`seeds` -> models/dpo_<run>/s<seed> (the dpo_feedback@<run> stage)."),
-
-    seed: Optional[int] = typer.Option(None, help="Training seed (default: the block's seed)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed: the data order and the LoRA initialisation "
+                                       "(the dpo_seeds@<seed> experiment). Default: the block's seed."),
+    cards_dir: Path = CardsDirOpt,
 ):
     """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
     from .training.dpo import train_dpo
@@ -149,22 +178,23 @@ def dpo(
         raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
     launch.relaunch(p, block)
     if run is None:
+        name = _out_name(out)  # dpo, dpo_seeds/s1
         knobs = getattr(p, block) if seed is None else getattr(p, block).model_copy(update={"seed": seed})
+        knobs = _own_checkpoints(knobs, name, "dpo")
         m = train_dpo(sft_model, base, train, val, out, metrics, plots, knobs, profiles=p.profiles)
-        name = out.relative_to("models").as_posix() if out.is_relative_to("models") else out.name  # dpo, toy/s1
-        _card(name, "dpo", seed=knobs.seed, init=sft_model, data=[train],
+        _card(name, "dpo", cards_dir, seed=knobs.seed, init=sft_model, data=[train],
               signal="DPO on HH-RLHF human preference labels", training_samples=m["pairs_seen"], sample_unit="pairs",
               seconds=m["train_seconds"], platform=m["platform"])
         runs = [(out, m)]
     else:
-        runs = _dpo_feedback(p, run, base)
+        runs = _dpo_feedback(p, run, base, cards_dir)
     for path, m in runs:
         if launch.rank() == 0:
             typer.echo(f"dpo: {m['steps']} steps, train loss {m['train_loss']:.3f}, validation reward accuracy "
                        f"{m['validation']['rewards/accuracies']:.3f} -> {path}")
 
 
-def _dpo_feedback(p, run: str, base: Path) -> list:
+def _dpo_feedback(p, run: str, base: Path, cards_dir: Path) -> list:
     """dpo_feedback@<run>: DPO from the run's init model on its labelled pairs, once per seed. A seeded init (a dir
     of per-seed models, e.g. AI-then-human from models/dpo_rlaif) starts seed s from its seed s. It reads no `models:`
     or `seeded:` params (the stage declares neither: adding a method there must not retrain this one)."""
@@ -192,7 +222,7 @@ def _dpo_feedback(p, run: str, base: Path) -> list:
         if launch.rank() == 0:
             from .cards import write_card
 
-            write_card(compose(own, labels, init_card))
+            write_card(compose(own, labels, init_card), cards_dir)
         out.append((Path("models") / name, m))
     return out
 
@@ -656,8 +686,7 @@ def ppo(
     seed: Optional[int] = typer.Option(None, help="Training seed (the ppo@<seed> stages: one of `seeds`); the "
                                        "outputs default to models/<name>/s<seed>, metrics/<name>/s<seed>.json, "
                                        "plots/<name>/s<seed>, name ppo (plain) or ppo_cvar. Default: ppo.seed."),
-    cards_dir: Path = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
-                                   "experiments/results/cards, outside the report stage's deps)."),
+    cards_dir: Path = CardsDirOpt,
 ):
     """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo/s<seed>."""
     from .evaluation.generate import format_prompt
@@ -717,13 +746,9 @@ def _online(kind: str, params: Path, seed: Optional[int], out: Optional[Path], m
                    f" s, final reward {final['reward_mean']:.3f}, KL {final['kl'] or 0:.3f} -> {out}")
 
 
-SeedOpt = typer.Option(None, "--seed", help="Training seed (default: the block's `seed`); outputs default to "
-                                            "<method>/s<seed>.")
 OnlineOutOpt = typer.Option(None, help="Output model directory (default models/<method>/s<seed>).")
 OnlineMetricsOpt = typer.Option(None, help="Metrics file (default metrics/<method>/s<seed>.json).")
 OnlinePlotsOpt = typer.Option(None, help="Training curves (dvclive) directory (default plots/<method>/s<seed>).")
-CardsDirOpt = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
-                           "experiments/results/cards, outside the report stage's deps).")
 
 
 @app.command()

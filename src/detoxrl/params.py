@@ -499,7 +499,7 @@ class ReportParams(Strict):
     and DPO start from"""
     experiments: dict[str, str]
     """committed experiments, name -> the model it is paired with; from experiments/dvc.yaml, not in `models`; shown
-    where their results exist (experiments/results/<name>.json|jsonl)"""
+    where their results exist (experiments/results/<name>/s<seed>.json|jsonl)"""
 
 
 class LoraParams(Strict):
