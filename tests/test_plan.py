@@ -219,8 +219,9 @@ def _rm_plans(params: Params, **rm) -> tuple[mp.StagePlan, mp.StagePlan]:
     """The reward_model stage as the params shard it, and on one process without ZeRO."""
     if rm:
         params = params.model_copy(update={"reward_model": params.reward_model.model_copy(update=rm)})
-    alone = params.model_copy(update={"compute": params.compute.model_copy(
-        update={"num_processes": 1, "accelerate_config": None})})
+    one = params.compute.model_copy(update={"num_processes": 1, "accelerate_config": None})
+    alone = params.model_copy(update={"compute": one, "reward_model": params.reward_model.model_copy(
+        update={"compute": params.reward_model.compute.model_copy(update={"num_processes": 1})})})
     return _stage(params, "reward_model"), _stage(alone, "reward_model")
 
 
@@ -230,6 +231,9 @@ def test_8b_reward_model_trained_in_full_fits_24gb_only_sharded_by_zero3_over_8_
     full = params.reward_model.lora.model_copy(update={"enabled": False})
     sharded, alone = _rm_plans(params, lora=full)
     assert sharded.sharding == "ZeRO-3 (offload)" and not alone.sharding
+    # the RM's own compute (reward_model.compute) shards it; PPO, data-parallel over the same 8 processes, is not
+    ppo = _stage(params, "ppo")
+    assert ppo.processes == 8 and not ppo.sharding
     assert alone.models[0].params > 7e9  # the 8B backbone (less its LM head), not the 1B policy
     assert alone.total > 80 * mp.GIB  # 16 B/param of weights, gradients and AdamW states: an H200 at least
     assert sharded.total <= 24 * mp.GIB
@@ -249,11 +253,12 @@ def test_8b_reward_model_with_lora_as_the_profile_trains_it_shrinks_per_gpu_unde
 
 def test_a_stage_that_fits_no_gpu_says_how_many_zero3_processes_it_needs():
     params = resolved_params(ROOT / "params.yaml", ROOT / "profiles" / "gpu-8b-zero3.yaml")
+    one = params.compute.model_copy(update={"num_processes": 1, "accelerate_config": None})
     rm = params.reward_model.model_copy(update={"batch_size": 64, "grad_accum": 1, "gradient_checkpointing": False,
                                                 "lora": params.reward_model.lora.model_copy(
-                                                    update={"enabled": False})})
-    big = params.model_copy(update={"reward_model": rm, "compute": params.compute.model_copy(
-        update={"num_processes": 1, "accelerate_config": None})})
+                                                    update={"enabled": False}),
+                                                "compute": one})  # one process, no ZeRO: its own and the global
+    big = params.model_copy(update={"reward_model": rm, "compute": one})
     out = mp.table(mp.plan_stages(big, root=ROOT), big, root=ROOT)
     line = [ln for ln in out.splitlines() if ln.startswith("| | **total**")][3]  # reward_model's total
     assert "none; ZeRO-3 over" in line

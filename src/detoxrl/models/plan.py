@@ -52,7 +52,7 @@ from pathlib import Path
 import yaml
 
 from .. import DetoxError
-from ..params import LoraParams, Params, TrainParams
+from ..params import ComputeParams, LoraParams, Params, TrainParams, stage_compute
 
 GIB = 2**30
 # name, memory (GiB as the GPU's nominal size), smallest first
@@ -268,10 +268,20 @@ def inference_model(arch: Arch, role: str, head: str, dtype: str | None = None) 
 # The stages
 # ---------------------------------------------------------------------------------------------
 
-def _zero(params: Params, root: Path) -> tuple[int, dict]:
-    """(ZeRO stage or 0, offload devices) of compute.accelerate_config."""
-    cfg_path = params.compute.accelerate_config
-    if not cfg_path or params.compute.num_processes == 1:
+# The blocks with their own `compute:` (params.stage_compute); the other stages run with the global `compute`.
+COMPUTE_BLOCKS = {"sft", "dpo", "dpo_feedback", "reward_model", "ppo", "grpo", "rloo", "generate", "evaluate",
+                  "chat_eval"}
+
+
+def _compute(params: Params, stage: str) -> ComputeParams:
+    """The compute a stage runs with: its block's `compute:` where set, else the global `compute`."""
+    return stage_compute(params, stage) if stage in COMPUTE_BLOCKS else params.compute
+
+
+def _zero(compute: ComputeParams, root: Path) -> tuple[int, dict]:
+    """(ZeRO stage or 0, offload devices) of a stage's accelerate_config."""
+    cfg_path = compute.accelerate_config
+    if not cfg_path or compute.num_processes == 1:
         return 0, {}
     path = Path(cfg_path) if Path(cfg_path).is_absolute() else root / cfg_path
     if path.is_file():
@@ -284,9 +294,10 @@ def _zero(params: Params, root: Path) -> tuple[int, dict]:
 
 def _shard(plan: StagePlan, trained: ModelMem, arch: Arch, params: Params, root: Path) -> None:
     """Apply data parallelism and ZeRO to a training stage's trained model, in place."""
-    p = params.compute.num_processes
+    compute = _compute(params, plan.stage)
+    p = compute.num_processes
     plan.processes = p
-    stage, offload = _zero(params, root)
+    stage, offload = _zero(compute, root)
     if stage < 2:
         return
     grads = trained.trainable * (DTYPE_BYTES[arch.dtype] if trained.trainable == trained.params else 4)
@@ -306,8 +317,8 @@ def _bf16(flag) -> bool:
     return flag in (True, "auto", "bf16", "fp16")  # auto: a GPU computing bf16
 
 
-def _per_process(global_rows: int, params: Params) -> int:
-    return max(1, math.ceil(global_rows / params.compute.num_processes))
+def _per_process(global_rows: int, params: Params, stage: str) -> int:
+    return max(1, math.ceil(global_rows / _compute(params, stage).num_processes))
 
 
 def per_process_batch(b: int, g: int, world: int) -> int:
@@ -321,7 +332,7 @@ def per_process_batch(b: int, g: int, world: int) -> int:
 
 def _trl_stage(stage: str, tp: TrainParams, arch: Arch, params: Params, root: Path, role: str,
                seqs_per_row: int, head: str, completion: int) -> StagePlan:
-    b = per_process_batch(tp.batch_size, tp.grad_accum, params.compute.num_processes)
+    b = per_process_batch(tp.batch_size, tp.grad_accum, _compute(params, stage).num_processes)
     rows = b * seqs_per_row
     ab = _act_bytes(_bf16(tp.bf16), arch, tp.quantization)
     m = trained_model(arch, role, head, tp.lora, tp.quantization, None)
@@ -363,11 +374,12 @@ def _online_rl(stage: str, params: Params, policy: Arch, base_dir: Path, root: P
     prompt = PROMPT_TOKENS[params.generate.prompt_format]
     if stage == "ppo":
         pp = params.ppo
-        rows, mb, new = _per_process(pp.batch_size, params), _per_process(pp.minibatch_size, params), pp.max_new_tokens
+        rows, mb = _per_process(pp.batch_size, params, stage), _per_process(pp.minibatch_size, params, stage)
+        new = pp.max_new_tokens
         bf16, ckpt, lora = _bf16(pp.mixed_precision), False, pp.lora
     else:
         pp = getattr(params, stage)
-        rows = _per_process(pp.prompts_per_step * pp.num_generations, params)
+        rows = _per_process(pp.prompts_per_step * pp.num_generations, params, stage)
         mb, new, lora = rows, pp.max_new_tokens, pp.lora
         bf16, ckpt = _bf16(pp.mixed_precision), pp.gradient_checkpointing
     seq = prompt + new
@@ -446,19 +458,20 @@ def plan_stages(params: Params, base_dir: str | Path = "models/base", root: str 
     pg = params.pref_gen
     plans.append(_sampling("pref_gen", policy, "SFT model", pg.batch_size, prompt, pg.max_new_tokens))
     g = params.generate
-    gen = _sampling("generate", policy, "each model", _per_process(g.batch_size, params), prompt, g.max_new_tokens)
-    gen.processes = params.compute.num_processes
+    gen = _sampling("generate", policy, "each model", _per_process(g.batch_size, params, "generate"), prompt,
+                    g.max_new_tokens)
+    gen.processes = _compute(params, "generate").num_processes
     plans.append(gen)
     ev = inference_model(policy, "models/base (perplexity)", "lm")
     ev.activations = infer_activations(policy, params.evaluate.fluency_batch_size, prompt + g.max_new_tokens,
                                        DTYPE_BYTES[dtype]) \
         + logits_bytes(policy, params.evaluate.fluency_batch_size * g.max_new_tokens, 2)
-    plans.append(StagePlan("evaluate", [ev], processes=params.compute.num_processes))
+    plans.append(StagePlan("evaluate", [ev], processes=_compute(params, "evaluate").num_processes))
     ce = params.chat_eval
     chat_prompt = (params.prepare_chat.max_chars or 2000) // 4 + CHAT_TEMPLATE_TOKENS
-    chat = _sampling("chat_eval", policy, "each model", _per_process(ce.batch_size, params), chat_prompt,
+    chat = _sampling("chat_eval", policy, "each model", _per_process(ce.batch_size, params, "chat_eval"), chat_prompt,
                      ce.max_new_tokens)
-    chat.processes = params.compute.num_processes
+    chat.processes = _compute(params, "chat_eval").num_processes
     plans.append(chat)
     return plans
 
@@ -477,8 +490,11 @@ def fits(total: float) -> str | None:
 def processes_needed(plan: StagePlan, params: Params, base_dir: Path, root: Path, gpu_gib: int = 80) -> int | None:
     """The fewest ZeRO-3 processes (powers of 2 up to 64) whose per-GPU share fits a `gpu_gib` GPU, or None."""
     for p in (2, 4, 8, 16, 32, 64):
-        trial = params.model_copy(update={"compute": params.compute.model_copy(
-            update={"num_processes": p, "accelerate_config": "configs/accelerate/zero3.yaml"})})
+        zero3 = ComputeParams(num_processes=p, accelerate_config="configs/accelerate/zero3.yaml")
+        trial = params.model_copy(update={"compute": zero3})
+        if plan.stage in COMPUTE_BLOCKS:  # the stage's own compute, so that it takes the trial's
+            block = getattr(params, plan.stage)
+            trial = trial.model_copy(update={plan.stage: block.model_copy(update={"compute": zero3})})
         again = [s for s in plan_stages(trial, base_dir, root) if s.stage == plan.stage][0]
         if again.total <= gpu_gib * GIB:
             return p
