@@ -35,9 +35,13 @@ def _fast_tier_launches_no_process(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
-# The end-to-end files first, longest first, so that the two xdist workers (`make test`: --dist loadfile) start
-# on them and the short unit files fill the gaps at the end (longest-processing-time-first scheduling).
-LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_workflow_models.py", "test_pipeline.py"]
+# The end-to-end files first, so that the two xdist workers (`make test`: --dist loadfile) start on them and the
+# short unit files fill the gaps at the end (longest-processing-time-first scheduling). The first file of the
+# tiny smoke workspace (test_workflow.py) builds it (minutes); meanwhile the other worker runs the packaged-model
+# workspace and then end-to-end files that need no smoke workspace, so that it reaches the workspace's files
+# (test_pipeline.py, test_workflow_models.py) when the build is done instead of waiting on its lock.
+LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_data_parallel.py", "test_experiments.py",
+                 "test_gpu_check.py", "test_pipeline.py", "test_workflow_models.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -190,9 +194,9 @@ def packaged_smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
 
 @pytest.fixture()
 def ws(smoke_workspace) -> SmokeWorkspace:
-    """The smoke workspace at its committed baseline, on branch main again afterwards."""
+    """The smoke workspace at its committed baseline, on branch main again afterwards. (Back on main only: every
+    user of the workspace, this fixture and test_pipeline.py's, resets it to the baseline first.)"""
     smoke_workspace.reset()
     assert "up to date" in run(["dvc", "status"], smoke_workspace.path)
     yield smoke_workspace
     run(["git", "checkout", "-q", "-f", "main"], smoke_workspace.path)
-    smoke_workspace.reset()

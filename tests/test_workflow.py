@@ -67,17 +67,14 @@ def test_exp_run_set_param_reruns_only_the_changed_stages(ws):
     assert {"dpo", "pref_eval"} <= ran(out) <= downstream(repo, "dpo"), out
     assert not ran(out) & (UPSTREAM | PPO_TRAIN)
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["beta"] == 0.05
-    ws.reset()
-
-    out = run(["dvc", "exp", "run", "-S", "ppo.lr=1e-5"], repo)
-    assert PPO_TRAIN | {"report"} <= ran(out) <= PPO_CHAIN, out  # every seed retrains
-    for stage in UPSTREAM | {"dpo", "pref_eval", "generate@base", "evaluate@base"}:
+    for stage in UPSTREAM | {"ppo@0", "generate@base", "evaluate@base"}:
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert "up to date" in run(["dvc", "status"], repo)
+    # (a PPO param and every seed's retraining: the tutorial test below, `dvc exp run -S ppo.kl.coef=0.5`)
 
-    # Both runs are experiments now; `dvc exp show` lists them with the changed param.
+    # The run is an experiment now; `dvc exp show` lists it with the changed param.
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv", "--only-changed"], repo)
-    assert "ppo.lr" in shown and "dpo.beta" in shown and "1e-05" in shown
+    assert "dpo.beta" in shown and "0.05" in shown, shown
 
     # An invalid value fails with the schema's one line, before any training.
     proc = subprocess.run(["dvc", "exp", "run", "-S", "ppo.kl.target=-1"], cwd=repo, env=cli_env(),
@@ -132,7 +129,10 @@ def test_tutorial_branch_change_kl_repro_and_diff_against_main(ws, tmp_path):
     repo = ws.path
     run(["git", "checkout", "-q", "-b", "ppo-kl-0.5"], repo)
     out = run(["dvc", "exp", "run", "-S", "ppo.kl.coef=0.5"], repo)
-    assert ran(out) == PPO_CHAIN, out  # every seed's samples change, so its generate/evaluate/chat_eval rerun too
+    assert ran(out) == PPO_CHAIN, out  # every seed retrains; its samples change, so generate/evaluate/chat_eval rerun
+    for stage in UPSTREAM | {"dpo", "pref_eval", "generate@base", "evaluate@base", "grpo@0"}:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "up to date" in run(["dvc", "status"], repo)
     run(["git", *GIT_ID, "commit", "-qam", "PPO with a stronger KL penalty (coef 0.5)"], repo)
 
     diff = json.loads(run(["dvc", "metrics", "diff", "main", "--json"], repo))
@@ -248,8 +248,10 @@ def test_checkpoints_push_to_s3_and_pull_back_byte_identical(ws, s3_server, tmp_
 
 
 def test_queued_sweep_runs_and_best_experiment_becomes_a_branch(ws):
+    """docs/experiments.md's queued grid, on the moderation filter's knobs: two points whose reruns are the filter
+    and its evaluation alone (a PPO grid works the same way, at 5 stages per seed per point)."""
     repo = ws.path
-    run(["dvc", "exp", "run", "--queue", "-S", "ppo.lr=1e-4,3e-4", "-S", "ppo.kl.coef=0.1"], repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "filter.threshold=0.3,0.9", "-S", "filter.max_resamples=2"], repo)
     queued = run(["dvc", "queue", "status"], repo)
     assert queued.count("Queued") == 2, queued
     run(["dvc", "queue", "start", "--jobs", "1"], repo)
@@ -258,7 +260,7 @@ def test_queued_sweep_runs_and_best_experiment_becomes_a_branch(ws):
         status = run(["dvc", "queue", "status"], repo)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(5)
+        time.sleep(2)
     else:
         pytest.fail(f"queue did not finish:\n{status}")
     assert status.count("Success") == 2, status
@@ -270,22 +272,23 @@ def test_queued_sweep_runs_and_best_experiment_becomes_a_branch(ws):
         for exp_rev in row.get("experiments") or []:
             rev = exp_rev["revs"][0]
             data = rev["data"]
-            # the method's headline: the report's ppo row, the mean over the seeds
-            ppo_row = data["metrics"]["metrics/summary.json"]["data"]["models"]["ppo"]
-            assert ppo_row["interval"] == f"{len(SEEDS)} seeds: seeds x prompts", ppo_row
-            assert all(f"metrics/eval/ppo/s{seed}.json" in data["metrics"] for seed in SEEDS), sorted(data["metrics"])
-            params = data["params"]["params.yaml"]["data"]["ppo"]
-            exps.append((ppo_row["expected_max_toxicity"]["value"], rev["name"], params["lr"], params["kl"]["coef"]))
-    swept = {(1e-4, 0.1), (3e-4, 0.1)}  # the queued sweep's points (other tests' experiments may be listed too)
-    assert swept <= {(lr, coef) for _, _, lr, coef in exps}, exps
+            # the filter's headline: the report's row of the filtered model
+            filtered = data["metrics"]["metrics/summary.json"]["data"]["models"]["sft_filtered"]
+            assert filtered["interval"] == "1 run: prompts only", filtered
+            params = data["params"]["params.yaml"]["data"]["filter"]
+            exps.append((filtered["expected_max_toxicity"]["value"], rev["name"], params["threshold"],
+                         params["max_resamples"]))
+    swept = {(0.3, 2), (0.9, 2)}  # the queued grid's points (other tests' experiments may be listed too)
+    assert swept <= {(threshold, r) for _, _, threshold, r in exps}, exps
     best = min(e for e in exps if (e[2], e[3]) in swept)
-    run(["dvc", "exp", "branch", best[1], "best-ppo"], repo)
-    ppo = yaml.safe_load(run(["git", "show", "best-ppo:params.yaml"], repo))["ppo"]
+    run(["dvc", "exp", "branch", best[1], "best-filter"], repo)
+    promoted = yaml.safe_load(run(["git", "show", "best-filter:params.yaml"], repo))["filter"]
     # float(): PyYAML (YAML 1.1) reads a float written without a dot, e.g. DVC's `3e-04`, as a string
-    assert (float(ppo["lr"]), float(ppo["kl"]["coef"])) == (best[2], best[3])
-    stat = run(["git", "show", "--stat", "best-ppo"], repo)
-    assert all(f"metrics/eval/ppo/s{seed}.json" in stat for seed in SEEDS) and "metrics/summary.json" in stat, stat
-    run(["git", "branch", "-D", "best-ppo"], repo)
+    assert (float(promoted["threshold"]), promoted["max_resamples"]) == (best[2], best[3])
+    stat = run(["git", "show", "--stat", "best-filter"], repo)
+    assert "metrics/eval/sft_filtered.json" in stat and "metrics/summary.json" in stat, stat
+    assert not any(f"metrics/eval/ppo/s{seed}.json" in stat for seed in SEEDS), stat  # nothing else reran
+    run(["git", "branch", "-D", "best-filter"], repo)
     run(["dvc", "exp", "remove", "--all-commits", "--queue"], repo, check=False)
 
 
