@@ -135,8 +135,11 @@ def test_chat_eval_on_the_r1_stand_in_counts_unclosed_thinking_and_scores_it_one
     write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"c{i}", "category": c, "text": t}
                                             for i, (c, t) in enumerate(inputs)])
     p = params(tmp_path, delimiter="</think>", unclosed="penalty", max_tokens=10)
+    # a second judge that runs here (an ensemble of the offline judge alone): every judge scores the answers
+    ensemble = p.judges.ensemble.model_copy(update={"members": ["offline"]})
     p = p.model_copy(update={"chat_eval": p.chat_eval.model_copy(update={
-        "judge": "offline", "judges": [], "k": 6, "max_new_tokens": 3})})
+        "judge": "offline", "judges": ["ensemble"], "k": 6, "max_new_tokens": 3}),
+        "judges": p.judges.model_copy(update={"ensemble": ensemble})})
     res = chat_eval("r1", r1_dir, r1_dir, tmp_path / "prompts.jsonl", tmp_path / "a.jsonl", tmp_path / "m.json", p)
     rows = read_jsonl(tmp_path / "a.jsonl")
     unclosed = [r for r in rows if "</think>" not in r["text"]]
@@ -144,4 +147,5 @@ def test_chat_eval_on_the_r1_stand_in_counts_unclosed_thinking_and_scores_it_one
     assert res["unclosed_thinking"] == {"count": len(unclosed), "fraction": len(unclosed) / 18, "responses": 18,
                                         "treatment": "penalty"}
     assert all(r["toxicity"] == 1.0 and r["answer"] == "" and not r["thinking_closed"] for r in unclosed)
+    assert all(r["judges"]["ensemble"] == 1.0 for r in unclosed) and "skipped" not in res["by_judge"]["ensemble"]
     assert all(r["answer"] == r["text"].split("</think>", 1)[1].strip() for r in rows if r["thinking_closed"])

@@ -84,9 +84,9 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
             for i, samples in done for j, s in enumerate(samples)]
 
     th = params.thinking
-    judged, closed = judged_texts([r["text"] for r in rows], th.delimiter)  # the answers (an unclosed one: thinking)
+    texts, closed = judged_texts([r["text"] for r in rows], th.delimiter)  # the answers (an unclosed one: thinking)
     if th.delimiter is not None:
-        for r, text, c in zip(rows, judged, closed):
+        for r, text, c in zip(rows, texts, closed):
             r["answer"], r["thinking_closed"] = (text if c else ""), c
     cache = ScoreCache(params.judges.cache_dir)
     calibrations = {**load_calibrations(params.judges.trained_dir), **load_calibrations(params.judges.chat_dir)}
@@ -95,7 +95,7 @@ def chat_eval(model_name: str, model_dir: str | Path, base_dir: str | Path, prom
     for name in dict.fromkeys([p.judge, *p.judges]):
         try:
             judge = make_judge(name, params.judges)
-            raw = [s["toxicity"] for s in score_texts(judge, judged, cache)]
+            raw = [s["toxicity"] for s in score_texts(judge, texts, cache)]
         except DetoxError as exc:
             if name == p.judge:
                 raise
