@@ -135,11 +135,18 @@ def test_chat_eval_on_the_r1_stand_in_counts_unclosed_thinking_and_scores_it_one
     write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"c{i}", "category": c, "text": t}
                                             for i, (c, t) in enumerate(inputs)])
     p = params(tmp_path, delimiter="</think>", unclosed="penalty", max_tokens=10)
-    # a second judge that runs here (an ensemble of the offline judge alone): every judge scores the answers
-    ensemble = p.judges.ensemble.model_copy(update={"members": ["offline"]})
+    # a second judge that runs anywhere: an ensemble of the offline judge alone, with an identity calibration in a
+    # judges dir of this test's own (every judge scores the answers)
+    from detoxrl.scoring.offline import OfflineJudge
+
+    trained = tmp_path / "judge"
+    trained.mkdir()
+    (trained / "calibration.json").write_text(json.dumps(
+        {"offline": {"version": OfflineJudge().version, "x": [0.0, 1.0], "y": [0.0, 1.0], "n_texts": 2}}))
+    judges = p.judges.model_copy(update={"ensemble": p.judges.ensemble.model_copy(update={"members": ["offline"]}),
+                                         "trained_dir": str(trained), "chat_dir": str(tmp_path / "no-chat-judge")})
     p = p.model_copy(update={"chat_eval": p.chat_eval.model_copy(update={
-        "judge": "offline", "judges": ["ensemble"], "k": 6, "max_new_tokens": 3}),
-        "judges": p.judges.model_copy(update={"ensemble": ensemble})})
+        "judge": "offline", "judges": ["ensemble"], "k": 6, "max_new_tokens": 3}), "judges": judges})
     res = chat_eval("r1", r1_dir, r1_dir, tmp_path / "prompts.jsonl", tmp_path / "a.jsonl", tmp_path / "m.json", p)
     rows = read_jsonl(tmp_path / "a.jsonl")
     unclosed = [r for r in rows if "</think>" not in r["text"]]
