@@ -217,7 +217,6 @@ def test_changed_prepare_param_changes_prepare_alone_and_never_base_model(repo):
     ],
 )
 def test_bad_param_fails_loudly(repo, override, message):
-    run(["dvc", "repro"], repo)
     before = (repo / "params.yaml").read_text()
     proc = subprocess.run(["dvc", "exp", "run", "-S", override], cwd=repo, env=cli_env(),
                           capture_output=True, text=True)

@@ -34,14 +34,15 @@ def test_a_base_model_without_chat_template_runs_every_stage_that_loads_it(ws, t
     params["reward_model"]["backbone"] = "base"
     params["reward_model"]["lora"]["enabled"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # every kind of stage that loads the base model or the RM (the report and the judges' stages do not)
-    # (a seeded method's stages for seed 0: ppo@0 and its generate/evaluate/chat_eval)
-    targets = ["evaluate@base", "evaluate@sft", "evaluate@dpo", "evaluate_seeded@ppo-0", "chat_eval_seeded@ppo-0",
-               "pref_eval", "dpo_feedback@rlaif", "eval_reward_model"]
+    # one instance of every kind of stage that loads the base model or the RM (the report and the judges' stages do
+    # not): a seeded method's stages for seed 0 (ppo@0 and its generate/evaluate/chat_eval) stand for generate,
+    # evaluate and chat_eval of every model; sft and dpo train, pref_eval scores them
+    targets = ["evaluate_seeded@ppo-0", "chat_eval_seeded@ppo-0", "pref_eval", "dpo_feedback@rlaif",
+               "eval_reward_model"]
     out = run(["dvc", "repro", *targets], repo)
     assert {"base_model", "prepare", "sft", "dpo", "reward_model", "eval_reward_model", "ppo@0", "pref_eval",
             "generate_seeded@ppo-0", "evaluate_seeded@ppo-0", "pref_gen", "dpo_feedback@rlaif",
-            "chat_eval_seeded@ppo-0", "evaluate@base", "evaluate@sft", "evaluate@dpo"} <= ran(out), out
+            "chat_eval_seeded@ppo-0"} <= ran(out), out
     # the eval files read below are this run's
     assert json.loads((repo / "models" / "reward" / "detoxrl_reward.json").read_text())["format"] == "chat"
     prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
@@ -54,9 +55,11 @@ def test_a_base_model_without_chat_template_runs_every_stage_that_loads_it(ws, t
         assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
                                        tokenize=False) == "\n\nHuman: x\n\nAssistant:"
     assert json.loads((repo / "metrics" / "ppo" / "s0.json").read_text())["steps"] == params["ppo"]["steps"]
-    for name in ("base", "sft", "dpo", "ppo/s0"):
-        ev = json.loads((repo / "metrics" / "eval" / f"{name}.json").read_text())
-        assert 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
+    ev = json.loads((repo / "metrics" / "eval" / "ppo" / "s0.json").read_text())
+    assert 0 <= ev["toxicity"]["overall"]["expected_max_toxicity"]["value"] <= 1
+    assert ev["fluency"]["perplexity"] > 1  # scored under the GPT-2 base
+    pref = json.loads((repo / "metrics" / "pref_accuracy.json").read_text())
+    assert set(pref["loglik_accuracy"]) == {"base", "sft", "dpo"}  # the GPT-2 sft and dpo models, scored
 
 
 def test_exp_run_with_two_processes(ws):
@@ -67,11 +70,10 @@ def test_exp_run_with_two_processes(ws):
     before = {f: json.loads((repo / "metrics" / f).read_text())
               for f in ("ppo/s0.json", "sft.json", "eval/ppo/s0.json")}
     # one stage of each kind that re-launches (training with TRL, PPO, generation, evaluation) and what they need
-    targets = ["dpo", "generate@base", "evaluate_seeded@ppo-0"]
+    targets = ["dpo", "evaluate_seeded@ppo-0"]
     out = run(["dvc", "exp", "run", "-S", "compute.num_processes=2", "-S", "sft.grad_accum=2", "-S", "dpo.grad_accum=2",
                "-S", "reward_model.grad_accum=2", *targets], repo)
-    assert {"sft", "dpo", "reward_model", "ppo@0", "generate@base", "generate_seeded@ppo-0",
-            "evaluate_seeded@ppo-0"} <= ran(out), out
+    assert {"sft", "dpo", "reward_model", "ppo@0", "generate_seeded@ppo-0", "evaluate_seeded@ppo-0"} <= ran(out), out
     assert "ppo@1" not in ran(out), out  # the targets need seed 0's model only
     assert out.count("ppo: precision") == 1 and "2 process(es)" in out, out  # one main process speaks
     assert "evaluate: 2 processes" in out and out.count("ppo/s0: expected max toxicity") == 1, out
