@@ -6,6 +6,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from detoxrl import DetoxError
 from detoxrl.cards import make_card, write_card
 from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation.report import report
@@ -177,7 +178,7 @@ def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
     summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
                      tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
-                     cards_dir=tmp_path / "cards")
+                     experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")
     d = summary["vs_baseline"]["tuned"]
     assert d["toxicity_probability"]["value"] == pytest.approx(-0.5)  # 3 of 4 prompts toxic -> 1 of 4
     assert d["expected_max_toxicity"]["value"] < 0 and d["expected_max_toxicity"]["ci_high"] <= 0
@@ -194,7 +195,7 @@ def test_report_compares_models_against_baseline(tiny_dir, tmp_path):
     assert csv[0] == "model,value,ci_low,ci_high" and csv[1].startswith("base,0.75")
     for png in ("toxicity.png", "max_toxicity_hist.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
-    # report.experiments names ppo_cvar, but no committed results exist here: no experiment row
+    # report.experiments names ppo_cvar, sft_seeds, ...: no committed results in this experiments_dir, no such row
     assert summary["experiments"] == {} and "committed experiment" not in md
 
 
@@ -250,3 +251,11 @@ def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp
     assert d["tail"]["overall"]["worst_10pct"]["ci_high"] == pytest.approx(0.0)
     assert "`tuned_cvar` does not significantly change the worst-10% tail relative to `tuned`" in md
     assert json.loads((tmp_path / "summary.json").read_text())["experiments"]["tuned_cvar"]["reference"] == "tuned"
+
+    # results of an experiment run on other eval prompts (the prompts changed since): one error naming the file
+    rows = read_jsonl(tmp_path / "experiments" / "tuned_cvar" / "s0.jsonl")
+    write_jsonl(tmp_path / "experiments" / "tuned_cvar" / "s0.jsonl", [r for r in rows if r["prompt_id"] != "p3"])
+    with pytest.raises(DetoxError, match=r"tuned_cvar/s0.jsonl: scored on other prompts than tuned's evaluation"):
+        report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
+               tmp_path / "summary2.json", tmp_path / "plots2", tmp_path / "reports" / "report2.md", p,
+               experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")

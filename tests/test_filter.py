@@ -195,7 +195,7 @@ def test_report_lists_the_filter_with_its_budget(tiny_dir, tmp_path, monkeypatch
     write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
     summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
                      tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
-                     cards_dir=tmp_path / "cards")
+                     experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")
     assert list(summary["models"]) == ["base", "sft", "sft_filtered"]
     assert summary["models"]["sft_filtered"]["toxicity_probability"]["value"] == 0.0
     d = summary["vs_models"]["sft"]["sft_filtered"]["offline"]

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import DetoxError
 from ..cards import read_card
 from ..io import atomic_file, read_jsonl, write_json
 from ..params import Params, seeded_name
@@ -76,10 +77,15 @@ def load_rows(params: Params, eval_dir: Path, scores_dir: Path, cards_dir: Path,
         if not seeds or ref not in rows:
             continue
         row = Row(name, [seeded_name(name, s) for s in seeds], "experiment", seeds, reference=ref)
+        prompts = {r["prompt_id"] for r in rows[ref].scores[0]}
         for run in row.runs:
             row.evals.append(json.loads((experiments_dir / f"{run}.json").read_text()))
             row.scores.append(read_jsonl(experiments_dir / f"{run}.jsonl"))
             row.cards.append(read_card(run, experiments_dir / "cards"))
+            if {r["prompt_id"] for r in row.scores[-1]} != prompts:  # committed results of other eval prompts
+                raise DetoxError(f"{experiments_dir / run}.jsonl: scored on other prompts than {ref}'s evaluation "
+                                 f"(the eval prompts changed since it ran): rerun `dvc repro "
+                                 f"experiments/dvc.yaml:{name}`, or take {name!r} out of report.experiments")
         items = list(rows.items())
         at = [k for k, _ in items].index(ref) + 1
         rows = dict(items[:at] + [(name, row)] + items[at:])
