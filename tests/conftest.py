@@ -49,12 +49,52 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
-def cli_env() -> dict:
-    """Environment for subprocesses: the venv's bin first, so `detoxrl` and `dvc` resolve."""
+def cli_env(zygote: bool = True) -> dict:
+    """Environment for subprocesses: the venv's bin first, so `detoxrl` and `dvc` resolve; before it, where this
+    worker's zygote is up (and `zygote` is true), the `detoxrl` that runs stage commands through it
+    (tests/zygote.py)."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if zygote and _ZYGOTE_BIN:
+        env["PATH"] = str(_ZYGOTE_BIN) + os.pathsep + env["PATH"]
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
+
+
+# The zygote (tests/zygote.py): the stage commands of the pipeline tests fork from one interpreter per xdist worker
+# that has torch, transformers, trl and peft imported, instead of starting and importing them afresh (~4 s each).
+# DETOXRL_ZYGOTE=0 turns it off; the fast tier starts no process, so no zygote either.
+_ZYGOTE_BIN: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zygote(tmp_path_factory):
+    global _ZYGOTE_BIN
+    if FAST_TIER or os.environ.get("DETOXRL_ZYGOTE") == "0":
+        yield
+        return
+    import re
+
+    import zygote
+
+    root = tmp_path_factory.mktemp("zygote")
+    env = cli_env(zygote=False)
+    commands = {m for f in (ROOT / "dvc.yaml", ROOT / "experiments" / "dvc.yaml")
+                for m in re.findall(r"cmd: detoxrl ([\w-]+)", f.read_text())}
+    extra = {zygote.SOCKET_ENV: str(root / "z.sock"), zygote.FORWARDED_ENV: " ".join(sorted(commands)),
+             zygote.REAL_ENV: str(Path(sys.executable).parent / "detoxrl")}
+    log = open(root / "zygote.log", "w")
+    server = subprocess.Popen([sys.executable, zygote.__file__, "serve", extra[zygote.SOCKET_ENV]],
+                              env={**env, **extra}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    os.environ.update(extra)
+    _ZYGOTE_BIN = zygote.write_shim(root / "bin").parent
+    try:
+        yield
+    finally:
+        _ZYGOTE_BIN = None
+        server.terminate()
+        server.wait()
+        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +129,8 @@ def raw_dir() -> Path:
 #   Tests reset their copy to the committed baseline (`SmokeWorkspace.reset`) or copy it further.
 # - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M,
 #   through one instance of every kind of stage that loads the base model (tests/test_packaged.py).
-SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/raw",
-              "data/labels"]
+SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore",
+              "data/raw", "data/labels"]
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 PACKAGED_SOURCE = "source: packaged:smollm2-135m-instruct"
 
@@ -121,10 +161,9 @@ class SmokeWorkspace:
         run(["dvc", "checkout", "-q", "--force"], self.path)
 
 
-def build_smoke_workspace(repo: Path, base_source: str | None = None, targets: list[str] | None = None
-                          ) -> SmokeWorkspace:
-    """A git repo (branch `main`) with the smoke profile committed, then `dvc repro [targets]` run and its results
-    committed. `base_source` replaces params.yaml's base_model.source (e.g. `local:<dir>`) after the profile."""
+def new_workspace(repo: Path, env: dict) -> None:
+    """A git repo (branch `main`) holding a copy of the project's files (SMOKE_COPY) and the raw data, pulled from
+    the team remote."""
     for rel in SMOKE_COPY:
         src, dst = ROOT / rel, repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -132,21 +171,42 @@ def build_smoke_workspace(repo: Path, base_source: str | None = None, targets: l
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl", "*.gz"))
         else:
             shutil.copy(src, dst)
-    run("git init -q -b main && git add -A", repo)
-    run(["git", *GIT_ID, "commit", "-qm", "init"], repo)
+    run("git init -q -b main && git add -A", repo, env=env)
+    run(["git", *GIT_ID, "commit", "-qm", "init"], repo, env=env)
     # The team remote, as a teammate's clone sees it; --local keeps the absolute path out of git.
-    run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], repo)
-    run(["dvc", "pull", "-q", "-R", "data/raw"], repo)
-    run(["detoxrl", "use-profile", "profiles/smoke.yaml"], repo)
+    run(["dvc", "remote", "modify", "--local", "team", "url", str(SHARED / "dvc-remote")], repo, env=env)
+    run(["dvc", "pull", "-q", "-R", "data/raw"], repo, env=env)
+
+
+def use_profile(repo: Path, profile: str, env: dict) -> str:
+    """`detoxrl use-profile <profile>`, then commit params.yaml (the next profile applies over a committed one)."""
+    out = run(["detoxrl", "use-profile", profile], repo, env=env)
+    run(["git", *GIT_ID, "commit", "-qam", f"profile {profile}"], repo, env=env)
+    return out
+
+
+def commit_repro(repo: Path, env: dict, targets: list[str] | None = None) -> str:
+    """`dvc repro [targets]`, then commit its results (dvc.lock, metrics, plots); what it printed."""
+    first = run(["dvc", "repro", *(targets or [])], repo, env=env)
+    run("git add -A", repo, env=env)
+    run(["git", *GIT_ID, "commit", "-qm", "baseline: dvc.lock, metrics, plots"], repo, env=env)
+    return first
+
+
+def build_smoke_workspace(repo: Path, base_source: str | None = None, targets: list[str] | None = None,
+                          zygote: bool = True) -> SmokeWorkspace:
+    """A git repo (branch `main`) with the smoke profile committed, then `dvc repro [targets]` run and its results
+    committed. `base_source` replaces params.yaml's base_model.source (e.g. `local:<dir>`) after the profile;
+    `zygote=False`: every stage in a fresh interpreter, as a user's `dvc repro` runs it."""
+    env = cli_env(zygote)
+    new_workspace(repo, env)
+    run(["detoxrl", "use-profile", "profiles/smoke.yaml"], repo, env=env)
     if base_source:
         text = (repo / "params.yaml").read_text()
         assert PACKAGED_SOURCE in text, "params.yaml's base_model.source moved: update tests/conftest.py"
         (repo / "params.yaml").write_text(text.replace(PACKAGED_SOURCE, f"source: {base_source}", 1))
-    run(["git", *GIT_ID, "commit", "-qam", "smoke profile"], repo)
-    first = run(["dvc", "repro", *(targets or [])], repo)
-    run("git add -A", repo)
-    run(["git", *GIT_ID, "commit", "-qm", "smoke baseline: dvc.lock, metrics, plots"], repo)
-    return SmokeWorkspace(repo, first)
+    run(["git", *GIT_ID, "commit", "-qam", "smoke profile"], repo, env=env)
+    return SmokeWorkspace(repo, commit_repro(repo, env, targets))
 
 
 def _run_root(tmp_path_factory) -> Path:
@@ -189,7 +249,7 @@ PACKAGED_TARGETS = ["evaluate_seeded@ppo-0", "chat_eval_seeded@ppo-0", "pref_eva
 @pytest.fixture(scope="session")
 def packaged_smoke_workspace(tmp_path_factory) -> SmokeWorkspace:
     """The smoke profile as a user applies it, on the real packaged SmolLM2-135M (PACKAGED_TARGETS)."""
-    return build_smoke_workspace(tmp_path_factory.mktemp("packaged") / "repo", targets=PACKAGED_TARGETS)
+    return build_smoke_workspace(tmp_path_factory.mktemp("packaged") / "repo", targets=PACKAGED_TARGETS, zygote=False)
 
 
 @pytest.fixture()
@@ -200,3 +260,13 @@ def ws(smoke_workspace) -> SmokeWorkspace:
     assert "up to date" in run(["dvc", "status"], smoke_workspace.path)
     yield smoke_workspace
     run(["git", "checkout", "-q", "-f", "main"], smoke_workspace.path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The CPU stand-in swaps of each GPU recipe test that ran (tests/test_recipes.py records them)."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        swaps = dict(report.user_properties).get("stand_in_swaps")
+        if report.when == "call" and swaps:
+            terminalreporter.write_sep("-", f"CPU stand-in swaps: {report.nodeid}")
+            for line in swaps:
+                terminalreporter.write_line(f"  {line}")

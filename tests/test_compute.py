@@ -26,6 +26,8 @@ def _params(tmp_path, compute=None, **blocks) -> "Path":  # noqa: F821
     """The committed params.yaml with `compute` and the given blocks' keys replaced, written to tmp_path."""
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["compute"].update(compute or {})
+    for block in ("sft", "dpo", "dpo_feedback", "reward_model"):  # global batches that 2, 4 and 8 processes split
+        data[block]["grad_accum"] = 8
     for block, values in blocks.items():
         for key, value in values.items():
             if isinstance(value, dict):
@@ -99,6 +101,8 @@ PPO_ZERO3 = ("ppo.compute.accelerate_config: PPO cannot run under ZeRO-3 (config
      "generate.compute.num_processes: 1 (vLLM batches on its GPU itself)"),
     ({"num_processes": 2}, {"evaluate": {"compute": {"accelerate_config": "configs/accelerate/nope.yaml"}}},
      "evaluate.compute.accelerate_config: configs/accelerate/nope.yaml not found"),
+    ({"num_processes": 8}, {"sft": {"batch_size": 2, "grad_accum": 3}},  # found when gpu-8b-zero3 first ran
+     "sft.batch_size: the global batch (sft.batch_size 2 x grad_accum 3) cannot be split evenly over 8 processes"),
 ])
 def test_check_params_refuses_what_cannot_run_in_one_sentence(tmp_path, compute, blocks, sentence):
     path = _params(tmp_path, compute, **blocks)

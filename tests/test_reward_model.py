@@ -19,6 +19,7 @@ from detoxrl.scoring.rewards import CompositeReward, RewardModelReward, RunningM
 from detoxrl.training.reward_model import tokenize_pair, train_reward_model
 
 from conftest import ROOT
+from tiny import build_tiny_deberta, build_tiny_seqcls
 from test_sft_dpo import data  # noqa: F401  (the fixture: short real HH-RLHF pairs)
 
 DEFAULTS = load_params(ROOT / "params.yaml")
@@ -28,50 +29,11 @@ RESPONSES = ["Mix flour, water and yeast, then bake.", "You idiot, figure it out
 
 
 def tiny_seqcls(tmp_path, tokenizer_dir, arch: str = "llama", seed: int = 0):
-    """A tiny randomly initialised sequence-classification RM (num_labels=1) with SmolLM2's tokenizer."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen3Config, Qwen3ForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, num_labels=1, pad_token_id=tok.pad_token_id,
-                  eos_token_id=tok.eos_token_id)
-    if arch == "qwen3":
-        model = Qwen3ForSequenceClassification(Qwen3Config(**common, head_dim=8))
-        # Qwen3's chat template shape (Skywork-Reward-V2 is a Qwen3 RM): no system prompt unless given.
-        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                             "{% endfor %}")
-    else:
-        model = LlamaForSequenceClassification(LlamaConfig(**common))
-    out = tmp_path / f"rm-{arch}"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_seqcls(tokenizer_dir, tmp_path / f"rm-{arch}", arch, seed)
 
 
 def tiny_deberta(tmp_path):
-    """A tiny DebertaV2ForSequenceClassification with a WordPiece tokenizer that encodes [CLS] q [SEP] a [SEP]
-    (OpenAssistant's reward-model-deberta-v3 reads question/answer pairs this way) and has no chat template."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w.strip(".,?!").lower() for t in PROMPTS + RESPONSES
-                                                              for w in t.split()} | {".", ",", "?", "!"})
-    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]")
-    torch.manual_seed(0)
-    config = DebertaV2Config(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, max_position_embeddings=128, num_labels=1, pad_token_id=0,
-                             pooler_hidden_size=32, type_vocab_size=2)
-    out = tmp_path / "rm-deberta"
-    DebertaV2ForSequenceClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_deberta(tmp_path / "rm-deberta", PROMPTS + RESPONSES)
 
 
 @pytest.fixture(scope="module")

@@ -1000,6 +1000,22 @@ def deepspeed_setting(config: str | None) -> tuple[int, object] | None:
     return ds.get("zero_stage", 0), "auto"  # accelerate leaves the micro batch to `auto` without a DeepSpeed file
 
 
+def split_batch(batch_size: int, grad_accum: int, processes: int) -> tuple[int, int] | None:
+    """(batch_size, grad_accum) of each of N data-parallel processes sharing the global batch of an optimizer step
+    (batch_size x grad_accum, so a run sees the same data per step whatever N): grad_accum is divided first, then
+    batch_size; None when it cannot be split evenly."""
+    import math
+
+    b, g = batch_size, grad_accum
+    if processes == 1:
+        return b, g
+    if g % processes == 0:
+        return b, g // processes
+    if (b * g) % processes == 0 and b % (processes // math.gcd(g, processes)) == 0:
+        return b // (processes // math.gcd(g, processes)), g // math.gcd(g, processes)
+    return None
+
+
 def compute_problem(params: Params, block: str) -> str | None:
     """Why a block's stages cannot run with their effective compute, in one sentence naming the option; None when
     they can. Only what the code cannot do: under one process nothing is launched, so nothing applies."""
@@ -1031,6 +1047,11 @@ def compute_problem(params: Params, block: str) -> str | None:
                  "onto GPU 0")
         return (f"{block}.quantization: {quantization} cannot run {where}; set {block}.quantization: none or "
                 f"{block}.compute.num_processes: 1")
+    knobs = getattr(params, block)
+    if isinstance(getattr(knobs, "grad_accum", None), int) and \
+            split_batch(knobs.batch_size, knobs.grad_accum, compute.num_processes) is None:
+        return (f"{block}.batch_size: the global batch ({block}.batch_size {knobs.batch_size} x grad_accum "
+                f"{knobs.grad_accum}) cannot be split evenly over {compute.num_processes} processes")
     if block == "generate" and params.generate.engine == "vllm":
         return (f"generate.engine: vllm cannot run in {compute.num_processes} processes: each would sample every "
                 "prompt and write the file; set generate.compute.num_processes: 1 (vLLM batches on its GPU itself)")

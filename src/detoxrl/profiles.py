@@ -26,6 +26,8 @@ from .params import Params, _format_error
 EXTENDS = "extends"  # the top-level key naming a profile's parent
 RECORD = "profiles"  # params.yaml's list of the profile files applied so far, in order
 _WHOLE = {"sources"}  # mappings a profile replaces as a whole (raw_data.sources: keyed by path, not by knob)
+# name-keyed mappings (name -> a model, a run, a filter): a profile may add names to them (the schema checks each)
+_NAMED = {"models", "feedback_runs", "filters", "report.experiments", "eval_reward_model.reward_bench.models"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ _READ_GIT, _MISSING = object(), object()
 def _merge(dst, src: dict, prefix: str, source: Path, params_path: Path) -> None:
     """Deep-merge a profile's overrides into a params tree (a dict or ruamel's CommentedMap), in place."""
     for key, value in src.items():
-        if key not in dst:
+        if key not in dst and prefix.removesuffix(".") not in _NAMED:
             raise DetoxError(f"{source}: {prefix}{key}: unknown key (not in {params_path})")
         if isinstance(value, dict) and isinstance(dst[key], dict) and key not in _WHOLE:
             _merge(dst[key], value, f"{prefix}{key}.", source, params_path)

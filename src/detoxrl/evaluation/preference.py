@@ -27,15 +27,19 @@ from .metrics import bootstrap_means
 
 
 def context_and_responses(pair: dict, tokenizer) -> tuple[str, str, str]:
-    """The chat-templated prompt (ending with the assistant header) and the two templated responses."""
+    """The chat-templated prompt (ending with the assistant header) and the two templated responses.
+
+    Where the template renders the prompt alone otherwise than as the start of prompt + response (DeepSeek-R1's
+    generation prompt opens `<think>\n`, which its rendering of an assistant turn drops), the context is where they
+    diverge, as TRL's DPO and SFT trainers take it: both responses are scored on the context DPO trained them on."""
+    import os
+
     context = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=False)
-    responses = []
-    for text in (pair["chosen"], pair["rejected"]):
-        full = tokenizer.apply_chat_template(pair["prompt"] + [{"role": "assistant", "content": text}],
-                                             tokenize=False)
-        assert full.startswith(context), "the chat template must render the prompt as a prefix"
-        responses.append(full[len(context):])
-    return context, responses[0], responses[1]
+    fulls = [tokenizer.apply_chat_template(pair["prompt"] + [{"role": "assistant", "content": text}], tokenize=False)
+             for text in (pair["chosen"], pair["rejected"])]
+    if not all(full.startswith(context) for full in fulls):
+        context = os.path.commonprefix([context, *fulls])
+    return context, fulls[0][len(context):], fulls[1][len(context):]
 
 
 def response_logps(model, tokenizer, pairs: list[dict], batch_size: int) -> np.ndarray:

@@ -110,6 +110,9 @@ class RewardModelScorer:
         self.info = json.loads(info_file.read_text()) if not is_hub and info_file.exists() else {}
         if fmt == "auto":  # the format the reward_model stage trained it in, else what the tokenizer can do
             fmt = self.info.get("format") or ("chat" if self.tokenizer.chat_template else "pair")
+        # never past the model's positions (a DeBERTa-v3 RM reads 512 tokens; a recipe may ask 2048 of every RM)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        max_length = min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
         self.format, self.batch_size, self.max_length, self.source = fmt, batch_size, max_length, source
         self._torch = torch
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from .. import DetoxError, hardware
-from ..params import LoraParams, TrainParams
+from ..params import LoraParams, TrainParams, split_batch
 
 # Trainer log keys that are timings or bookkeeping, not curves.
 _NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
@@ -64,6 +64,16 @@ def platform(params: TrainParams, stage: str, profiles: list[str] | None = None)
     return {**record, "processes": state.num_processes}
 
 
+def sort_target_modules(adapter_config: Path) -> None:
+    """peft writes an adapter's `target_modules` in set order, which follows Python's per-process string hashing:
+    the same training wrote a different adapter_config.json (and DVC hash) run to run. Sorted, it is one file."""
+    if adapter_config.exists():
+        cfg = json.loads(adapter_config.read_text())
+        if isinstance(cfg.get("target_modules"), list):
+            cfg["target_modules"] = sorted(cfg["target_modules"])
+            adapter_config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def is_main() -> bool:
     """The process that writes a stage's outputs (the only one, unless launched with several)."""
     return hardware.process_state().is_main_process
@@ -79,12 +89,9 @@ def per_process_batch(params: TrainParams, stage: str) -> tuple[int, int]:
     per step whatever N: grad_accum is divided first, then batch_size."""
     world = hardware.process_state().num_processes
     b, g = params.batch_size, params.grad_accum
-    if world == 1:
-        return b, g
-    if g % world == 0:
-        return b, g // world
-    if (b * g) % world == 0 and b % (world // math.gcd(g, world)) == 0:
-        return b // (world // math.gcd(g, world)), g // math.gcd(g, world)
+    split = split_batch(b, g, world)
+    if split is not None:
+        return split
     raise DetoxError(f"{stage}: the global batch ({stage}.batch_size {b} x grad_accum {g}) cannot be split evenly "
                      f"over {world} processes")
 
@@ -125,6 +132,9 @@ def trainer_args(params: TrainParams, stage: str = "train") -> dict:
         save_strategy="steps", save_steps=params.save_steps, save_total_limit=2,
         report_to="none",  # curves go through DVCLiveCurves (below), stepped by global_step
         dataloader_num_workers=0,
+        # on a CPU, say so: TrainingArguments refuses bf16 on a device it takes for a GPU (a GPU recipe's
+        # `bf16: auto` on an AMX CPU, where bf16 is native); GRPO/RLOO's configs set it the same way
+        use_cpu=hardware.detect().device == "cpu",
     )
 
 

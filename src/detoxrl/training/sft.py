@@ -73,6 +73,7 @@ def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
             metrics["merged"] = True
         else:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
+            common.sort_target_modules(Path(tmp) / "adapter_config.json")
     write_json(metrics_path, metrics)
     shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
     common.barrier()
