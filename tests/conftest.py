@@ -40,8 +40,8 @@ def _fast_tier_launches_no_process(request, monkeypatch):
 # tiny smoke workspace (test_workflow.py) builds it (minutes); meanwhile the other worker runs the packaged-model
 # workspace and then end-to-end files that need no smoke workspace, so that it reaches the workspace's files
 # (test_pipeline.py, test_workflow_models.py) when the build is done instead of waiting on its lock.
-LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_data_parallel.py", "test_experiments.py",
-                 "test_gpu_check.py", "test_pipeline.py", "test_workflow_models.py"]
+LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_recipes.py", "test_data_parallel.py",
+                 "test_experiments.py", "test_gpu_check.py", "test_pipeline.py", "test_workflow_models.py"]
 
 
 def pytest_collection_modifyitems(items):

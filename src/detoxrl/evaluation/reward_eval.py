@@ -119,7 +119,11 @@ def evaluate_reward_model(model_dir: str | Path, pairs_path: str | Path, metrics
         scorers = {"models/reward": scorer}
         for name, source in rb.models.items():
             scorers[name] = RewardModelScorer(source, "auto", p.batch_size, rb.max_length)
-        result["reward_bench"] = {name: score_reward_bench(s, rows, s.max_length, stats)  # rb.max_length or less
+        def length(s: RewardModelScorer) -> int:  # rb.max_length, within the RM's positions (DeBERTa-v3: 512)
+            limit = getattr(s.model.config, "max_position_embeddings", None)
+            return min(rb.max_length, limit) if isinstance(limit, int) and limit > 0 else rb.max_length
+
+        result["reward_bench"] = {name: score_reward_bench(s, rows, length(s), stats)
                                   for name, s in scorers.items()}
         _plot_reward_bench(result["reward_bench"], Path(plots_dir))
     _plot(chosen, rejected, Path(plots_dir))
