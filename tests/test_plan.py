@@ -173,7 +173,7 @@ def test_135m_model_train_step_estimate_within_2x_of_measured_peak(base_model_di
 @pytest.mark.parametrize("which", ["tiny", "135m"])
 def test_generation_with_kv_cache_estimate_within_2x_of_measured_peak(tiny_dir, base_model_dir, which):
     model_dir = tiny_dir if which == "tiny" else base_model_dir
-    params = _params(model_dir, generate={"batch_size": 32, "k": 4, "max_new_tokens": 32})
+    params = _params(model_dir, generate={"batch_size": 16, "k": 4, "max_new_tokens": 16})
     _within(_stage(params, "generate").total, _measure_generation(model_dir, params))
 
 
