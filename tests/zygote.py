@@ -95,12 +95,7 @@ def client() -> None:
         print(f"zygote: forked {pid}", file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: os.kill(pid, s))
-    while True:
-        try:
-            reply, _ = _recv(sock)
-            break
-        except InterruptedError:
-            continue
+    reply, _ = _recv(sock)  # the stage's exit status (a signal handled above does not interrupt it: PEP 475)
     code = 1 if reply is None else reply["code"]
     if code < 0:  # killed by a signal: die the same way
         signal.signal(-code, signal.SIG_DFL)
