@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from detoxrl import DetoxError
 from detoxrl.cli import app
+from detoxrl.stages.ppo import app as ppo_app
 from detoxrl.params import COMPUTE_BLOCKS, ComputeParams, Params, load_params, stage_compute
 
 from conftest import ROOT
@@ -145,12 +146,12 @@ def test_a_stage_refuses_at_start_with_the_check_params_sentence(tmp_path, monke
     data = yaml.safe_load(path.read_text())
     data["ppo"]["compute"]["accelerate_config"] = str(config)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    result = CliRunner().invoke(app, ["ppo", "--params", str(path)])
+    result = CliRunner().invoke(ppo_app, ["--params", str(path)])
     assert str(result.exception) == f"{path}: {PPO_ZERO3.replace(ZERO3, str(config))}"
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 
 
-# the cli commands that re-launch themselves -> the params block whose compute they run with
+# the stage commands that re-launch themselves -> the params block whose compute they run with
 RELAUNCHING = {"detoxrl sft": "sft", "detoxrl dpo --block dpo_feedback": "dpo_feedback", "detoxrl dpo": "dpo",
                "detoxrl reward-model": "reward_model", "detoxrl ppo": "ppo", "detoxrl grpo": "grpo",
                "detoxrl rloo": "rloo", "detoxrl generate": "generate", "detoxrl evaluate": "evaluate",
@@ -159,7 +160,8 @@ RELAUNCHING = {"detoxrl sft": "sft", "detoxrl dpo --block dpo_feedback": "dpo_fe
 
 def test_the_relaunching_commands_are_the_compute_blocks():
     assert sorted(RELAUNCHING.values()) == sorted(COMPUTE_BLOCKS)
-    calls = [node for node in ast.walk(ast.parse((ROOT / "src" / "detoxrl" / "cli.py").read_text()))
+    calls = [node for path in sorted((ROOT / "src" / "detoxrl" / "stages").glob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Call) and ast.unparse(node.func) == "launch.relaunch"]
     blocks = {ast.literal_eval(c.args[1]) if isinstance(c.args[1], ast.Constant) else ast.unparse(c.args[1])
               for c in calls}

@@ -61,7 +61,7 @@ def test_seed_experiments_run_the_default_stages_code_and_params_with_only_the_s
 
 def test_a_run_under_another_name_checkpoints_beside_the_default_runs_directory():
     """A seed of sft_seeds/dpo_seeds never resumes, nor discards, the default sft/dpo run's checkpoints."""
-    from detoxrl.cli import _own_checkpoints
+    from detoxrl.stages.common import own_checkpoints as _own_checkpoints
 
     params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert _own_checkpoints(params.sft, "sft", "sft") is params.sft

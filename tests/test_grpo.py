@@ -168,7 +168,7 @@ def test_the_cli_seed_names_every_output_and_overrides_the_block_seed(tiny_dir, 
     import yaml
     from typer.testing import CliRunner
 
-    from detoxrl.cli import app
+    from detoxrl.stages.grpo import app
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["ppo"]["reward"].update(source="toxicity", judge="offline")  # no trained judge or RM in this scratch dir
@@ -182,7 +182,7 @@ def test_the_cli_seed_names_every_output_and_overrides_the_block_seed(tiny_dir, 
     (tmp_path / "data" / "processed" / "ppo_prompts.jsonl").write_text(
         "".join(json.dumps({"text": t}) + "\n" for t in ["The", "Why", "A man"]))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["grpo", "--seed", "5"])
+    result = CliRunner().invoke(app, ["--seed", "5"])
     assert result.exit_code == 0, result.output
     assert "grpo seed 5: 4 scored responses" in result.output
     assert (tmp_path / "models/grpo/s5/config.json").exists() and (tmp_path / "plots/grpo/s5/plots/metrics").is_dir()

@@ -190,6 +190,25 @@ def test_editing_one_module_changes_exactly_the_stages_whose_code_runs_it(repo):
 
 
 @pytest.mark.slow
+def test_editing_the_user_cli_or_the_docs_generator_reruns_no_stage(repo):
+    """The stages run src/detoxrl/stages/<stage>.py through entry.py, never cli.py: a help text fixed in cli.py and an
+    edit to the docs generator leave `dvc status` clean."""
+    edits = {"src/detoxrl/cli.py": ('help="Params file to read."', 'help="The params file to read."'),
+             "src/detoxrl/docs_gen.py": ("", "\n# an edit to the docs generator\n")}
+    assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
+    before = {rel: (repo / rel).read_text() for rel in edits}
+    try:
+        for rel, (old, new) in edits.items():
+            text = before[rel]
+            assert old in text
+            (repo / rel).write_text(text.replace(old, new, 1) if old else text + new)
+        assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
+    finally:
+        for rel, text in before.items():
+            (repo / rel).write_text(text)
+
+
+@pytest.mark.slow
 def test_changed_prepare_param_changes_prepare_alone_and_never_base_model(repo):
     """DVC's planner, asked without training anything: `dvc status` names prepare alone (its param changed), and
     `dvc repro --dry` would run prepare but not base_model, which is upstream of it."""

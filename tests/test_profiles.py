@@ -258,12 +258,12 @@ def test_every_stage_passes_the_chain_to_its_platform_record():
     stages = {"train_sft", "train_dpo", "train_reward_model", "pref_gen", "train_chat_judge", "train_ppo",
               "train_online"}
     assert stages <= takes_profiles
-    cli = ast.parse((src / "cli.py").read_text())
-    calls = list(_calls(cli, stages))
-    assert {name for name, _ in calls} == stages  # train_dpo twice: the dpo stage and dpo_feedback's seeds
-    for name, call in calls:
+    calls = [(path, name, call) for path in sorted((src / "stages").glob("*.py"))
+             for name, call in _calls(ast.parse(path.read_text()), stages)]
+    assert {name for _, name, _ in calls} == stages  # train_dpo twice: the dpo stage and dpo_feedback's seeds
+    for path, name, call in calls:
         assert any(k.arg == "profiles" and ast.unparse(k.value) == "p.profiles" for k in call.keywords), \
-            f"cli.py:{call.lineno}: {name}(...) without profiles=p.profiles"
+            f"stages/{path.name}:{call.lineno}: {name}(...) without profiles=p.profiles"
 
 
 def test_every_stage_writing_a_platform_record_declares_the_profiles_param():

@@ -36,37 +36,39 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 @pytest.fixture()
 def toy(tmp_path) -> Path:
-    """A package with the shape of detoxrl: a typer cli.py with lazy imports per command, a helper, a sub-app."""
+    """A package with the shape of detoxrl: entry.py dispatching to stages/<stage>.py (lazy imports in a stage, a
+    stage importing another's helper), a user cli.py that no stage runs."""
     root = tmp_path / "proj"
     src = "src/detoxrl"
     _write(root, f"{src}/__init__.py", "class DetoxError(Exception): ...\n")
-    _write(root, f"{src}/__main__.py", "from .cli import main\n")
+    _write(root, f"{src}/__main__.py", "from .entry import main\n")
+    _write(root, f"{src}/entry.py", """\
+        import importlib
+
+        def main():
+            from .stages.common import run
+            from .cli import main as cli_main
+        """)
+    _write(root, f"{src}/cli.py", "from .docs_gen import write\n")
+    _write(root, f"{src}/docs_gen.py", "")
     _write(root, f"{src}/io.py", "import json\n")
     _write(root, f"{src}/params.py", "from .io import json\n")
-    _write(root, f"{src}/cli.py", """\
-        import typer
-        from . import DetoxError
+    _write(root, f"{src}/stages/__init__.py", "")
+    _write(root, f"{src}/stages/common.py", "from .. import DetoxError\n")
+    _write(root, f"{src}/stages/train.py", """\
+        from . import common
 
-        app = typer.Typer()
-        sub = typer.Typer()
-        app.add_typer(sub, name="grp")
-
-        def _params():
-            from .params import load
-
-        @app.command()
         def train():
-            from .training.sft import run
-            _params()
-
-        @app.command("eval-it")
-        def evaluate_cmd():
-            from .evaluation import metrics
-
-        @sub.command("export")
-        def export_cmd():
-            import detoxrl.data.labels
+            from ..training.sft import run
+            from ..params import load
         """)
+    _write(root, f"{src}/stages/eval_it.py", """\
+        from . import common
+
+        def evaluate():
+            from ..evaluation import metrics
+        """)
+    _write(root, f"{src}/stages/export.py", "import detoxrl.data.labels\nfrom .eval_it import evaluate\n")
     _write(root, f"{src}/training/__init__.py", "")
     _write(root, f"{src}/training/sft.py", "from ..models.load import load\ndef run():\n    from . import lm_head\n")
     _write(root, f"{src}/training/lm_head.py", "")
@@ -79,14 +81,17 @@ def toy(tmp_path) -> Path:
     return root
 
 
-def test_closure_follows_lazy_relative_and_absolute_imports_and_cli_helpers_only_of_the_command(toy):
+def test_closure_follows_lazy_relative_and_absolute_imports_of_the_stage_module_and_never_the_user_cli(toy):
     closures = command_closures(Package(toy / "src" / "detoxrl"))
-    core = {"__init__.py", "__main__.py", "cli.py"}
+    core = {"__init__.py", "__main__.py", "entry.py", "stages/__init__.py", "stages/common.py"}
     got = {cmd: {m.removeprefix("src/detoxrl/") for m in mods} for cmd, mods in closures.items()}
-    assert got["train"] == core | {"params.py", "io.py", "training/__init__.py", "training/sft.py",
-                                   "training/lm_head.py", "models/__init__.py", "models/load.py"}
-    assert got["eval-it"] == core | {"evaluation/__init__.py", "evaluation/metrics.py"}
-    assert got["grp export"] == core | {"data/__init__.py", "data/labels.py"}
+    assert set(got) == {"train", "eval-it", "export"}  # stages/common.py is no stage
+    assert got["train"] == core | {"stages/train.py", "params.py", "io.py", "training/__init__.py",
+                                   "training/sft.py", "training/lm_head.py", "models/__init__.py",
+                                   "models/load.py"}
+    assert got["eval-it"] == core | {"stages/eval_it.py", "evaluation/__init__.py", "evaluation/metrics.py"}
+    assert got["export"] == got["eval-it"] | {"stages/export.py", "data/__init__.py", "data/labels.py"}
+    assert not any({"cli.py", "docs_gen.py"} & mods for mods in got.values())
 
 
 def test_a_stage_that_drops_a_module_it_runs_is_named_with_that_module(toy):
@@ -99,7 +104,7 @@ def test_a_stage_that_drops_a_module_it_runs_is_named_with_that_module(toy):
             foreach: [a, b]
             do:
               cmd: detoxrl eval-it ${item}
-              deps: [src/detoxrl/evaluation, src/detoxrl/cli.py]
+              deps: [src/detoxrl/evaluation, src/detoxrl/stages, src/detoxrl/entry.py]
           other:
             cmd: python -c pass
         """)
@@ -124,8 +129,8 @@ def test_a_stage_of_several_commands_in_another_dvc_yaml_declares_all_their_code
             wdir: ..
             cmd:
               - detoxrl train
-              - detoxrl eval-it && detoxrl grp export
-            deps: [src/detoxrl/cli.py]
+              - detoxrl eval-it && detoxrl export
+            deps: [src/detoxrl/stages]
         """)
     missing = missing_code_deps(toy)
     assert set(missing) == {"experiments/dvc.yaml:both"}
@@ -134,7 +139,7 @@ def test_a_stage_of_several_commands_in_another_dvc_yaml_declares_all_their_code
     assert write_code_deps(toy) == ["experiments/dvc.yaml:both"] and missing_code_deps(toy) == {}
 
 
-def test_a_cmd_naming_no_cli_command_fails_naming_it(toy):
+def test_a_cmd_naming_no_stage_module_fails_naming_it(toy):
     _write(toy, "dvc.yaml", "stages:\n  x:\n    cmd: detoxrl trian\n")
     with pytest.raises(KeyError, match="detoxrl trian"):
         missing_code_deps(toy)

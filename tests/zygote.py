@@ -4,7 +4,7 @@ A stage process spends ~4 of its ~6 s on the smoke workspace importing torch, tr
 runs a few hundred of them. `serve` imports those libraries once, then forks for each stage: DVC still runs the stage's
 real command (`detoxrl generate base`) in a shell, through a `detoxrl` on PATH that is this file's `client`. The client
 hands the zygote its argv, cwd, environment and stdin/stdout/stderr; the forked process takes them over and runs
-`detoxrl.cli.main()`, the console script's own entry point, so the project code that runs is the same and only the
+`detoxrl.entry.main()`, the console script's own entry point, so the project code that runs is the same and only the
 interpreter start is skipped. Its exit status comes back as the client's.
 
 The client runs the real `detoxrl` instead (exec) when the zygote is not up, when the command is not a stage command
@@ -33,7 +33,7 @@ REAL_ENV = "DETOXRL_ZYGOTE_REAL"  # the real console script, exec'd when the zyg
 _IMPORT_TIME_ENV = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_",
                     "CUDA_", "TOKENIZERS_", "PYTHON", "MPLBACKEND", "TRL_", "PEFT_", "DATASETS_")
 PRELOAD = ["torch", "numpy", "transformers", "peft", "trl", "accelerate", "datasets", "sklearn.linear_model",
-           "scipy.stats", "pandas", "dvclive", "matplotlib", "detoxify", "detoxrl.cli"]
+           "scipy.stats", "pandas", "dvclive", "matplotlib", "detoxify", "detoxrl.entry"]
 PRELOAD_ATTRS = {"transformers": ["AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
                                   "Trainer"],
                  "trl": ["SFTTrainer", "DPOTrainer", "RewardTrainer", "GRPOTrainer", "RLOOTrainer"],
@@ -127,7 +127,7 @@ def _run_stage(msg: dict, fds: list[int], set_by_imports: dict) -> None:
     sys.argv = ["detoxrl", *msg["argv"]]
     code = 0
     try:
-        from detoxrl.cli import main
+        from detoxrl.entry import main
 
         main()
     except SystemExit as exc:

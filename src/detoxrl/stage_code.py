@@ -1,10 +1,9 @@
 """Which project modules a stage runs: the import closure of its command, and the code deps dvc.yaml must declare.
 
-A stage's `cmd` is `detoxrl <command> ...`. The code that can run in it is cli.py (its module-level imports), the
-command function's own imports (lazy ones included) and those of the cli helpers it calls, and, transitively, every
-module of the package that any of those imports, anywhere in the file (a function-level import counts: it runs when
-the function does). Importing `detoxrl.a.b` also runs the package `__init__`s on the way, so they count too.
-`__main__.py` counts for every stage: `compute.num_processes > 1` re-launches the command as `python -m detoxrl`.
+A stage's `cmd` is `detoxrl <stage> ...`, which runs src/detoxrl/stages/<stage>.py alone (entry.py). The code that
+can run in it is that module and, transitively, every module of the package that it imports, anywhere in the file
+(a function-level import counts: it runs when the function does). Importing `detoxrl.a.b` also runs the package
+`__init__`s on the way, so they count too. `__main__.py` and entry.py count for every stage; cli.py for none.
 
 `detoxrl stage-deps` prints what each stage of dvc.yaml misses; `--write` rewrites the `src/detoxrl` entries of every
 stage's deps to exactly its closure (a folder where the closure holds every module in it). tests/test_stage_deps.py
@@ -94,7 +93,7 @@ def imports_of(pkg: Package, path: Path, nodes: list[ast.AST] | None = None) -> 
 
 def closure(pkg: Package, start: set[Path], opaque: set[Path]) -> set[Path]:
     """`start` and every package file they import, transitively; `opaque` files count but are not followed
-    (cli.py: only the imports of the command that runs are, see command_closures)."""
+    (entry.py: it imports the stage module by name, see command_closures)."""
     seen: set[Path] = set()
     todo = list(start)
     while todo:
@@ -107,49 +106,21 @@ def closure(pkg: Package, start: set[Path], opaque: set[Path]) -> set[Path]:
     return seen
 
 
-def _command_name(func: ast.FunctionDef) -> tuple[str, str] | None:
-    """(typer app variable, command name) of a function decorated with `@<app>.command(...)`."""
-    for dec in func.decorator_list:
-        call = dec if isinstance(dec, ast.Call) else None
-        target = call.func if call else dec
-        if isinstance(target, ast.Attribute) and target.attr == "command" and isinstance(target.value, ast.Name):
-            name = func.name.removesuffix("_cmd").replace("_", "-")
-            if call and call.args and isinstance(call.args[0], ast.Constant):
-                name = call.args[0].value
-            return target.value.id, name
-    return None
-
-
 def command_closures(pkg: Package) -> dict[str, set[str]]:
-    """Command name (as typed after `detoxrl`) -> the package modules that can run in it (paths from the root)."""
-    cli = pkg.root / "cli.py"
-    tree = ast.parse(cli.read_text(), str(cli))
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    module_level = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    # sub-apps added with `app.add_typer(sub, name="x")`: their commands are typed `detoxrl x <command>`
-    prefixes = {"app": ""}
-    for n in module_level:
-        for call in ast.walk(n):
-            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "add_typer"
-                    and call.args and isinstance(call.args[0], ast.Name)):
-                name = next((k.value.value for k in call.keywords if k.arg == "name"), call.args[0].id)
-                prefixes[call.args[0].id] = f"{name} "
-    base = {cli, pkg.root / "__init__.py", pkg.root / "__main__.py"} | imports_of(pkg, cli, module_level)
+    """Stage command name (as typed after `detoxrl`) -> the package modules that can run in it (paths from the root).
+
+    `detoxrl <stage>` runs entry.py, which imports stages/<stage>.py by name and nothing else of the package (its
+    other branch, the user CLI, never runs for a stage: entry.py counts but is not followed). `__main__.py` counts
+    too: `compute.num_processes > 1` re-launches the command as `python -m detoxrl`."""
+    stages = pkg.root / "stages"
+    entry = pkg.root / "entry.py"
+    base = {entry, pkg.root / "__init__.py", pkg.root / "__main__.py", stages / "__init__.py"}
     result = {}
-    for func in functions.values():
-        named = _command_name(func)
-        if named is None or named[0] not in prefixes:
+    for module in sorted(stages.glob("*.py")):
+        if module.stem in ("__init__", "common"):
             continue
-        bodies, todo = [], [func]
-        while todo:  # the command and the module-level helpers of cli.py it calls, transitively
-            f = todo.pop()
-            if f in bodies:
-                continue
-            bodies.append(f)
-            todo += [functions[c.func.id] for c in ast.walk(f) if isinstance(c, ast.Call)
-                     and isinstance(c.func, ast.Name) and c.func.id in functions]
-        files = closure(pkg, base | imports_of(pkg, cli, bodies), opaque={cli})
-        result[prefixes[named[0]] + named[1]] = {pkg.rel(f) for f in files}
+        files = closure(pkg, base | {module}, opaque={entry})
+        result[module.stem.replace("_", "-")] = {pkg.rel(f) for f in files}
     return result
 
 
@@ -193,18 +164,18 @@ def _address(root: Path, file: Path, name: str) -> str:
 
 
 def stage_commands(cmd: str | list[str], commands: dict[str, set[str]]) -> list[str]:
-    """The detoxrl commands a stage runs, in order (`detoxrl label-studio export ...` -> `label-studio export`); a
-    list `cmd` or a `&&` chain may run several; none for a stage that runs no detoxrl command."""
+    """The detoxrl stages a stage's `cmd` runs, in order; a list `cmd` or a `&&` chain may run several; none for a
+    stage that runs no detoxrl command."""
     found = []
     for text in [cmd] if isinstance(cmd, str) else cmd:
         for part in re.split(r"&&|;|\n", text):
-            m = re.match(r"\s*detoxrl\s+([a-z][a-z0-9-]*)(?:\s+([a-z][a-z0-9-]*))?", part)
+            m = re.match(r"\s*detoxrl\s+([a-z][a-z0-9-]*)", part)
             if not m:
                 continue
-            name = next((n for n in (f"{m.group(1)} {m.group(2)}", m.group(1)) if n in commands), None)
-            if name is None:
-                raise KeyError(f"dvc.yaml: `{part.strip()}` runs no command of src/{PACKAGE}/cli.py")
-            found.append(name)
+            if m.group(1) not in commands:
+                raise KeyError(f"dvc.yaml: `{part.strip()}` runs no stage of src/{PACKAGE}/stages (a stage's "
+                               "command is `detoxrl <stage>`, its module stages/<stage>.py)")
+            found.append(m.group(1))
     return found
 
 
