@@ -122,6 +122,45 @@ def raw_dir() -> Path:
     return RAW
 
 
+def committed_files(paths: list[str], dest: Path, repo: Path = ROOT) -> Path:
+    """The files under `paths` (files or folders of `repo`) as git's index holds them, written under `dest`.
+
+    The index is the last commit plus what is staged for the next one (on a fresh clone: HEAD), never the working
+    tree's unstaged changes: the metrics, reports and plots that the user's last `dvc repro` rewrote (on another CPU
+    kind, other numbers) are not in it, DVC's autostage stages dvc.lock and .gitignore only. Tests of committed files
+    read this copy, so a rerun never fails them and a commit whose files disagree still does. Read in-process
+    (dulwich, a DVC dependency): the fast tier starts no `git`."""
+    import stat
+
+    from dulwich.index import ConflictedIndexEntry
+    from dulwich.objects import S_ISGITLINK
+    from dulwich.repo import Repo
+
+    wanted = [p.strip("/").encode() for p in paths]
+    found = set()
+    with Repo(str(repo)) as git:
+        for name, entry in git.open_index().items():
+            top = next((p for p in wanted if name == p or name.startswith(p + b"/")), None)
+            if top is None:
+                continue
+            if isinstance(entry, ConflictedIndexEntry):
+                raise AssertionError(f"{name.decode()}: unmerged in git's index (resolve the merge first)")
+            if S_ISGITLINK(entry.mode):  # a submodule: no files of its own in this repo's index
+                continue
+            found.add(top)
+            target = dest / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = git.object_store[entry.sha].data
+            if stat.S_ISLNK(entry.mode):
+                target.symlink_to(data.decode())
+            else:
+                target.write_bytes(data)
+                target.chmod(0o755 if entry.mode & 0o111 else 0o644)
+    missing = [p.decode() for p in wanted if p not in found]
+    assert not missing, f"not in git's index: {', '.join(missing)}"
+    return dest
+
+
 # The smoke-profile workspaces of the end-to-end tests: the real `dvc pull` + `dvc repro` in a temporary git repo
 # holding a copy of the project's files. Two kinds:
 # - `smoke_workspace`: the smoke profile with base_model.source a tiny random Llama with SmolLM2's tokenizer

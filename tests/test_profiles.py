@@ -15,7 +15,7 @@ from detoxrl import DetoxError, hardware, profiles
 from detoxrl.params import load_params
 from detoxrl.profiles import apply_profile, resolve_chain
 
-from conftest import GIT_ID, ROOT
+from conftest import GIT_ID, ROOT, committed_files
 
 PROFILES = ROOT / "profiles"
 
@@ -266,8 +266,11 @@ def test_every_stage_passes_the_chain_to_its_platform_record():
             f"stages/{path.name}:{call.lineno}: {name}(...) without profiles=p.profiles"
 
 
-def test_every_stage_writing_a_platform_record_declares_the_profiles_param():
-    checked = 0
+def test_every_stage_writing_a_platform_record_declares_the_profiles_param(tmp_path):
+    """Each committed metrics file with a platform record comes from a stage that declares `profiles`. The files
+    are read as git holds them, not from the working tree, where a `dvc repro` under way (or stopped by an error)
+    has removed the outputs of the stages it reruns."""
+    declared = []  # (dvc.yaml, stage, its body, the glob of one of its metrics paths)
     for dvc_yaml in (ROOT / "dvc.yaml", ROOT / "experiments" / "dvc.yaml"):
         for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
             body = stage.get("do", stage)
@@ -275,12 +278,16 @@ def test_every_stage_writing_a_platform_record_declares_the_profiles_param():
                 path = next(iter(entry)) if isinstance(entry, dict) else entry
                 for var in ("${key}", "${item.seed}", "${item.model}"):
                     path = path.replace(var, "*")
-                for f in glob.glob(str(ROOT / path)) + glob.glob(str(ROOT / path / "*.json")):
-                    if not f.endswith(".json"):
-                        continue
-                    if json.loads(open(f).read()).get("platform"):
-                        checked += 1
-                        assert "profiles" in body.get("params", []), f"{dvc_yaml.name}: {name} writes {f}'s platform"
+                declared.append((dvc_yaml, name, body, path))
+    committed = committed_files(sorted({path.split("/")[0] for *_, path in declared}), tmp_path)
+    checked = 0
+    for dvc_yaml, name, body, path in declared:
+        for f in glob.glob(str(committed / path)) + glob.glob(str(committed / path / "*.json")):
+            if not f.endswith(".json"):
+                continue
+            if json.loads(open(f).read()).get("platform"):
+                checked += 1
+                assert "profiles" in body.get("params", []), f"{dvc_yaml.name}: {name} writes {f}'s platform"
     assert checked >= 15
 
 
