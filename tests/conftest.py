@@ -168,8 +168,13 @@ def committed_files(paths: list[str], dest: Path, repo: Path = ROOT) -> Path:
 #   Tests reset their copy to the committed baseline (`SmokeWorkspace.reset`) or copy it further.
 # - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M,
 #   through one instance of every kind of stage that loads the base model (tests/test_packaged.py).
+# What a workspace holds: what a clone holds under these paths (the files git lists: tracked, or new and not
+# ignored), so the committed experiments' results (experiments/results/**, *.jsonl included) are there as on a
+# clone, and nothing ignored is (data/raw's data files come from `dvc pull`, as on a clone; no __pycache__).
+# experiments/dvc.yaml and the default run's dvc.lock, metrics and plots stay out: `dvc status`, `push` and `pull`
+# without targets would also cover the experiments' stages, whose outputs a workspace never has.
 SMOKE_COPY = ["dvc.yaml", "params.yaml", "profiles", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore",
-              "data/raw", "data/labels"]
+              "data/raw", "data/labels", "experiments/results"]
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 PACKAGED_SOURCE = "source: packaged:smollm2-135m-instruct"
 
@@ -201,15 +206,15 @@ class SmokeWorkspace:
 
 
 def new_workspace(repo: Path, env: dict) -> None:
-    """A git repo (branch `main`) holding a copy of the project's files (SMOKE_COPY) and the raw data, pulled from
-    the team remote."""
-    for rel in SMOKE_COPY:
+    """A git repo (branch `main`) holding what a clone holds of the project's files (SMOKE_COPY: the files `git
+    ls-files` lists there, as they are in this checkout) and the raw data, pulled from the team remote."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *SMOKE_COPY],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
         src, dst = ROOT / rel, repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl", "*.gz"))
-        else:
-            shutil.copy(src, dst)
+        if src.is_file():  # not one deleted in this checkout and not yet staged
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
     run("git init -q -b main && git add -A", repo, env=env)
     run(["git", *GIT_ID, "commit", "-qm", "init"], repo, env=env)
     # The team remote, as a teammate's clone sees it; --local keeps the absolute path out of git.

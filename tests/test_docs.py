@@ -105,6 +105,28 @@ def test_a_changed_metric_changes_the_pages_that_quote_it(committed_repo):
     assert "| ppo | 3 seeds: seeds x prompts | 0.123 [" in docs_gen.render(committed_repo)["README.md"]
 
 
+def test_a_stale_committed_experiment_is_named_with_its_refresh_on_the_results_page_and_in_the_readme(scratch_repo):
+    """summary.json's `stale_experiments` (the report left the experiment out: scored on other eval prompts) shows
+    on the pages that quote the results, with the command that reruns it; the committed run has none."""
+    import json
+
+    path = scratch_repo / "metrics" / "summary.json"
+    summary = json.loads(path.read_text())
+    assert "stale_experiments" not in summary
+    refresh = "dvc repro experiments/dvc.yaml:dpo_seeds && dvc repro --force --single-item report"
+    summary["stale_experiments"] = {"dpo_seeds": {
+        "reference": "dpo", "refresh": refresh,
+        "reason": "experiments/results/dpo_seeds/s0.jsonl: scored on other prompts than dpo's evaluation"}}
+    path.write_text(json.dumps(summary))
+    pages = docs_gen.render(scratch_repo)
+    assert f"Left out, stale (scored on other eval prompts; `stale_experiments` in metrics/summary.json): " \
+           f"dpo_seeds, rerun with `{refresh}`." in pages["README.md"]
+    results = pages["docs/results.md"]
+    assert "## Stale committed experiments" in results
+    assert (f"| dpo_seeds | dpo | experiments/results/dpo_seeds/s0.jsonl: scored on other prompts than dpo's "
+            f"evaluation | `{refresh}` |") in results
+
+
 def test_every_params_yaml_key_has_a_description_in_the_schema():
     values = yaml.safe_load((ROOT / "params.yaml").read_text())
     keys = docs_gen.params_yaml_keys(values)

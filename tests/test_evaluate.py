@@ -6,9 +6,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from detoxrl import DetoxError
 from detoxrl.cards import make_card, write_card
 from detoxrl.evaluation.evaluate import evaluate
+from detoxrl.evaluation import metrics as M
 from detoxrl.evaluation.report import report
 from detoxrl.evaluation.validate_judges import validate_judges
 from detoxrl.io import read_jsonl, write_json, write_jsonl
@@ -252,10 +252,102 @@ def test_evaluate_and_report_tail_risk_with_a_committed_experiment(tiny_dir, tmp
     assert "`tuned_cvar` does not significantly change the worst-10% tail relative to `tuned`" in md
     assert json.loads((tmp_path / "summary.json").read_text())["experiments"]["tuned_cvar"]["reference"] == "tuned"
 
-    # results of an experiment run on other eval prompts (the prompts changed since): one error naming the file
+    # results of an experiment run on other eval prompts (the prompts changed since): left out, named stale
     rows = read_jsonl(tmp_path / "experiments" / "tuned_cvar" / "s0.jsonl")
     write_jsonl(tmp_path / "experiments" / "tuned_cvar" / "s0.jsonl", [r for r in rows if r["prompt_id"] != "p3"])
-    with pytest.raises(DetoxError, match=r"tuned_cvar/s0.jsonl: scored on other prompts than tuned's evaluation"):
-        report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
-               tmp_path / "summary2.json", tmp_path / "plots2", tmp_path / "reports" / "report2.md", p,
-               experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")
+    summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
+                     tmp_path / "summary2.json", tmp_path / "plots2", tmp_path / "reports" / "report2.md", p,
+                     experiments_dir=tmp_path / "experiments", cards_dir=tmp_path / "cards")
+    assert list(summary["models"]) == ["base", "tuned"] and summary["experiments"] == {}
+    assert "tuned_cvar/s0.jsonl: scored on other prompts than tuned's evaluation" in (
+        summary["stale_experiments"]["tuned_cvar"]["reason"])
+
+
+def _scores(ids: list[str], toxic: set[str]) -> list[dict]:
+    """Two scored samples per prompt, as evaluate writes them (offline judge only): sample 0 toxic where asked."""
+    return [{"prompt_id": i, "subset": "challenging" if n % 2 == 0 else "nontoxic", "sample": j, "n_tokens": 5,
+             "eos": j == 1, "answer": TOXIC if (i in toxic and j == 0) else CLEAN,
+             "toxicity": (0.9 if (i in toxic and j == 0) else 0.1), "judges": {
+                 "offline": (0.9 if (i in toxic and j == 0) else 0.1)}}
+            for n, i in enumerate(ids) for j in range(2)]
+
+
+def _write_run(name: str, scores: list[dict], eval_dir, scores_dir, cards_dir, p: Params) -> None:
+    """The files the report reads of one run: evaluate's metrics (computed from `scores`), the scores, a card."""
+    ev = p.evaluate
+    prompts = M.per_prompt(scores, ev.toxic_threshold)
+    tox = M.toxicity_metrics(prompts, ev.bootstrap_samples, ev.ci_level, ev.seed)
+    write_json(eval_dir / f"{name}.json", {
+        "model": name, "judge": {"name": "offline", "version": "test", "calibrated": False},
+        "n_prompts": len(prompts), "k": 2, "toxicity": tox,
+        "tail": M.tail_metrics(prompts, ev.tail_fractions, ev.bootstrap_samples, ev.ci_level, ev.seed),
+        "by_judge": {"offline": {"version": "test", "calibrated": False, "toxicity": tox}},
+        "fluency": {"perplexity": None}, "diversity": {"distinct_2": 1.0},
+        "length": {"mean_tokens": 5.0, "eos_rate": 0.5}})
+    write_jsonl(scores_dir / f"{name}.jsonl", scores)
+    cards(cards_dir, name)
+
+
+def test_report_leaves_an_experiment_scored_on_other_eval_prompts_out_and_names_it_stale_with_its_refresh(tmp_path):
+    """Committed experiment results scored on other eval prompts than their reference's (a clone after the eval
+    prompts changed: another profile, base model or tokenizer) stop no report: that experiment joins no row,
+    interval or summary, and summary.json and report.md name it stale with the command that reruns it; an
+    experiment scored on the current prompts still joins."""
+    ids = ["p0", "p1", "p2", "p3"]
+    p = params(tmp_path)
+    p = p.model_copy(update={"models": {"base": "models/base", "tuned": "models/tuned"}, "seeded": [], "seeds": [0, 1],
+                             "report": p.report.model_copy(update={"experiments": {"tuned_cvar": "tuned",
+                                                                                   "tuned_old": "tuned"}})})
+    exp = tmp_path / "experiments"
+    _write_run("base", _scores(ids, {"p0", "p1"}), tmp_path / "eval", tmp_path / "scores", tmp_path / "cards", p)
+    _write_run("tuned", _scores(ids, {"p0"}), tmp_path / "eval", tmp_path / "scores", tmp_path / "cards", p)
+    _write_run("tuned_cvar/s0", _scores(ids, set()), exp, exp, exp / "cards", p)  # the current prompts
+    _write_run("tuned_old/s0", _scores(["q0", "q1", "p2", "p3"], {"q0"}), exp, exp, exp / "cards", p)  # older ones
+    _write_run("tuned_old/s1", _scores(ids, set()), exp, exp, exp / "cards", p)  # one seed current: still stale
+    write_json(tmp_path / "judges.json", {"reference": "test texts", "threshold": 0.5,
+                                          "judges": {"offline": {"skipped": "not validated here"}}})
+    write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
+
+    summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
+                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
+                     experiments_dir=exp, cards_dir=tmp_path / "cards")
+
+    assert list(summary["models"]) == ["base", "tuned", "tuned_cvar"]  # tuned_old in no row
+    assert set(summary["experiments"]) == {"tuned_cvar"} and set(summary["vs_baseline"]) == {"tuned", "tuned_cvar"}
+    assert "tuned_old" not in summary["overlap"]
+    assert summary["vs_baseline"]["tuned"]["n_prompts"] == 4  # the prompts of the current runs, none dropped
+    refresh = "dvc repro experiments/dvc.yaml:tuned_old && dvc repro --force --single-item report"
+    stale = json.loads((tmp_path / "summary.json").read_text())["stale_experiments"]
+    assert list(stale) == ["tuned_old"] and stale["tuned_old"]["refresh"] == refresh
+    assert stale["tuned_old"]["reference"] == "tuned"
+    reason = stale["tuned_old"]["reason"]
+    assert f"{exp / 'tuned_old' / 's0'}.jsonl: scored on other prompts than tuned's evaluation" in reason
+    assert "(2 of its 4 prompts in common)" in reason and "s1.jsonl" not in reason
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "## Stale committed experiments" in md
+    assert f"| tuned_old | tuned | {reason} | `{refresh}` |" in md
+    assert "| tuned_old" not in md.replace(f"| tuned_old | tuned | {reason}", "")  # in no other table
+    assert "| tuned_cvar (committed experiment) |" in md
+    csv = (tmp_path / "plots" / "expected_max_toxicity.csv").read_text()
+    assert "tuned_cvar," in csv and "tuned_old" not in csv
+
+
+def test_report_without_a_stale_experiment_writes_no_stale_key_or_section(tmp_path):
+    """Where every committed experiment matches (or none exists), summary.json and report.md are as before."""
+    ids = ["p0", "p1", "p2", "p3"]
+    p = params(tmp_path)
+    p = p.model_copy(update={"models": {"base": "models/base", "tuned": "models/tuned"}, "seeded": [], "seeds": [0],
+                             "report": p.report.model_copy(update={"experiments": {"tuned_cvar": "tuned"}})})
+    exp = tmp_path / "experiments"
+    _write_run("base", _scores(ids, {"p0", "p1"}), tmp_path / "eval", tmp_path / "scores", tmp_path / "cards", p)
+    _write_run("tuned", _scores(ids, {"p0"}), tmp_path / "eval", tmp_path / "scores", tmp_path / "cards", p)
+    _write_run("tuned_cvar/s0", _scores(ids, set()), exp, exp, exp / "cards", p)
+    write_json(tmp_path / "judges.json", {"reference": "test texts", "threshold": 0.5,
+                                          "judges": {"offline": {"skipped": "not validated here"}}})
+    write_json(tmp_path / "data.json", {"eval_prompts_by_subset": {"challenging": 2, "nontoxic": 2}})
+    summary = report(tmp_path / "eval", tmp_path / "scores", tmp_path / "judges.json", tmp_path / "data.json",
+                     tmp_path / "summary.json", tmp_path / "plots", tmp_path / "reports" / "report.md", p,
+                     experiments_dir=exp, cards_dir=tmp_path / "cards")
+    assert "stale_experiments" not in summary and "tuned_cvar" in summary["models"]
+    assert "stale_experiments" not in json.loads((tmp_path / "summary.json").read_text())
+    assert "## Stale committed experiments" not in (tmp_path / "reports" / "report.md").read_text()

@@ -107,6 +107,12 @@ def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_wor
     assert not (repo / ".cache" / "checkpoints" / "sft").exists() and not (repo / "plots" / "sft" / "dvc.yaml").exists()
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())["vs_baseline"]) == {
         "sft", "dpo", "ppo", "grpo", "dpo_rlaif", "sft_filtered"}  # the moderation filter is compared like a model
+    # The committed experiments' results (experiments/results, as a clone holds them) were scored on the default
+    # profile's eval prompts, not these 10: each is named stale with the command that reruns it, in no table.
+    stale = json.loads((repo / "metrics" / "summary.json").read_text())["stale_experiments"]
+    assert set(stale) == {"ppo_cvar", "rloo", "sft_seeds", "dpo_seeds"}
+    assert stale["dpo_seeds"]["refresh"].startswith("dvc repro experiments/dvc.yaml:dpo_seeds")
+    assert "## Stale committed experiments" in report_md and "(committed experiment)" not in report_md
     # The feedback loop: on-policy pools, AI labels with the graders' agreement, DPO on them, the method table.
     labels = json.loads((repo / "metrics" / "label_ai.json").read_text())
     assert labels["prompts"] == 8 and labels["grader_queries"] == 8 * 2 * 2

@@ -140,7 +140,22 @@ def headline_table(root: Path) -> str:
             "(`platform.cpu_kind` in the metrics files).\n\n"
             + _table(["method", "runs", "expected max toxicity", "each seed", "toxicity probability",
                       "perplexity (under base)", "Δ EMT vs sft"], rows,
-                     ["---", "---", "---", "---", "---", "---:", "---"]))
+                     ["---", "---", "---", "---", "---", "---:", "---"])
+            + ("\nLeft out, stale (scored on other eval prompts; `stale_experiments` in metrics/summary.json): "
+               + "; ".join(f"{name}, rerun with `{x['refresh']}`" for name, x in s["stale_experiments"].items())
+               + ".\n" if s.get("stale_experiments") else ""))
+
+
+def _stale_table(s: dict) -> str:
+    """The committed experiments the report left out: scored on other eval prompts than their reference's."""
+    stale = s.get("stale_experiments") or {}
+    if not stale:
+        return ""
+    return ("## Stale committed experiments\n\n"
+            "Committed experiments whose results were scored on other eval prompts than the row they are paired with "
+            "(the eval prompts changed since they ran): left out of every table on this page until rerun.\n\n"
+            + _table(["experiment", "paired with", "why", "refresh"],
+                     [[name, x["reference"], x["reason"], f"`{x['refresh']}`"] for name, x in stale.items()]) + "\n")
 
 
 def _vs_baseline_table(s: dict) -> str:
@@ -193,7 +208,7 @@ def results_page(root: Path) -> str:
         "committed file by `detoxrl docs`; `dvc metrics show` and `reports/report.md` hold everything. Same seeded "
         "params on the same CPU kind give the same numbers; on another CPU kind they differ slightly "
         "([Reproducibility](reproducibility.md)).\n\n"),
-        "## Headline\n\n", headline_table(root), "\n",
+        "## Headline\n\n", headline_table(root), "\n", _stale_table(s),
         f"## Difference to `{s['baseline']}` (paired over the same prompts; seeded methods over seeds too)\n\n",
         _vs_baseline_table(s), "\n",
         "## Methods compared\n\n", _report_section(root, "Methods compared"), "\n",

@@ -20,7 +20,9 @@ Committed experiments (`report.experiments`, run by experiments/dvc.yaml, never 
 every table where their results exist (experiments/results/<name>/s<seed>.json|jsonl, cards in
 experiments/results/cards), labelled as such. They are not declared deps of the report stage (a declared dep on
 them would pull the experiment into the default `dvc repro`): after rerunning one, `dvc repro --force
---single-item report`.
+--single-item report`. An experiment whose results were scored on other eval prompts than the row it is paired with
+(the prompts changed since it ran: another profile, base model or tokenizer) joins no table: it is named stale, with
+the command that reruns it, in reports/report.md and in metrics/summary.json (`stale_experiments`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DetoxError
 from ..cards import read_card
 from ..io import atomic_file, read_jsonl, write_json
 from ..params import Params, seeded_name
@@ -61,8 +62,19 @@ class Row:
         return sorted({j for c in self.cards for j in c["judges"]})
 
 
+def refresh_command(name: str) -> str:
+    """What brings a committed experiment's results up to date and into the report (experiments/dvc.yaml's stage
+    group `name`, one stage per seed; the report does not depend on the experiments, so it is forced after)."""
+    return f"dvc repro experiments/dvc.yaml:{name} && dvc repro --force --single-item report"
+
+
 def load_rows(params: Params, eval_dir: Path, scores_dir: Path, cards_dir: Path, experiments_dir: Path
-              ) -> dict[str, Row]:
+              ) -> tuple[dict[str, Row], dict[str, dict]]:
+    """The report's rows, and the committed experiments left out as stale: {name: {reference, reason, refresh}}.
+
+    An experiment's committed results belong to the eval prompts it ran on: where they differ from its reference
+    row's (another profile, base model or tokenizer since), no table can pair them, so it is left out of every
+    table, interval and summary and named stale with the command that reruns it."""
     rows: dict[str, Row] = {n: Row(n, [n], "model") for n in params.models}
     rows |= {m: Row(m, [seeded_name(m, s) for s in params.seeds], "seeded", list(params.seeds)) for m in params.seeded}
     rows |= {n: Row(n, [n], "filter") for n in params.filters}
@@ -71,6 +83,7 @@ def load_rows(params: Params, eval_dir: Path, scores_dir: Path, cards_dir: Path,
             row.evals.append(json.loads((eval_dir / f"{run}.json").read_text()))
             row.scores.append(read_jsonl(scores_dir / f"{run}.jsonl"))
             row.cards.append(read_card(run, cards_dir))
+    stale: dict[str, dict] = {}
     for name, ref in reversed(params.report.experiments.items()):  # after the row each is paired with
         seeds = [s for s in params.seeds if (experiments_dir / f"{seeded_name(name, s)}.json").exists()
                  and (experiments_dir / f"{seeded_name(name, s)}.jsonl").exists()]
@@ -78,18 +91,36 @@ def load_rows(params: Params, eval_dir: Path, scores_dir: Path, cards_dir: Path,
             continue
         row = Row(name, [seeded_name(name, s) for s in seeds], "experiment", seeds, reference=ref)
         prompts = {r["prompt_id"] for r in rows[ref].scores[0]}
+        row.scores = [read_jsonl(experiments_dir / f"{run}.jsonl") for run in row.runs]
+        other = {run: ids for run, ids in zip(row.runs, ({r["prompt_id"] for r in s} for s in row.scores))
+                 if ids != prompts}
+        if other:  # committed results of other eval prompts
+            files = ", ".join(f"{experiments_dir / run}.jsonl" for run in other)
+            common = min(len(ids & prompts) for ids in other.values())
+            stale[name] = {"reference": ref, "reason": (
+                f"{files}: scored on other prompts than {ref}'s evaluation ({common} of its {len(prompts)} prompts "
+                "in common): the eval prompts changed since it ran"), "refresh": refresh_command(name)}
+            continue
         for run in row.runs:
             row.evals.append(json.loads((experiments_dir / f"{run}.json").read_text()))
-            row.scores.append(read_jsonl(experiments_dir / f"{run}.jsonl"))
             row.cards.append(read_card(run, experiments_dir / "cards"))
-            if {r["prompt_id"] for r in row.scores[-1]} != prompts:  # committed results of other eval prompts
-                raise DetoxError(f"{experiments_dir / run}.jsonl: scored on other prompts than {ref}'s evaluation "
-                                 f"(the eval prompts changed since it ran): rerun `dvc repro "
-                                 f"experiments/dvc.yaml:{name}`, or take {name!r} out of report.experiments")
         items = list(rows.items())
         at = [k for k, _ in items].index(ref) + 1
         rows = dict(items[:at] + [(name, row)] + items[at:])
-    return rows
+    return rows, dict(reversed(stale.items()))  # in report.experiments' order
+
+
+def _stale_lines(stale: dict[str, dict]) -> list[str]:
+    """The committed experiments left out of every table: why, and the command that reruns each."""
+    if not stale:
+        return []
+    lines = ["", "## Stale committed experiments", "",
+             "Committed experiments whose results were scored on other eval prompts than the row they are paired "
+             "with (the eval prompts changed since they ran: another profile, base model or tokenizer). They are "
+             "left out of every table, interval and summary of this report until rerun.", "",
+             "| experiment | paired with | why | refresh |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {x['reference']} | {x['reason']} | `{x['refresh']}` |" for name, x in stale.items()]
+    return lines
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
@@ -615,8 +646,10 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
            experiments_dir: str | Path = "experiments/results", cards_dir: str | Path = "metrics/cards") -> dict:
     eval_dir, scores_dir, plots_dir = Path(eval_dir), Path(scores_dir), Path(plots_dir)
     metrics_dir = Path(data_path).parent
-    rows = load_rows(params, eval_dir, scores_dir, Path(cards_dir), Path(experiments_dir))
+    rows, stale = load_rows(params, eval_dir, scores_dir, Path(cards_dir), Path(experiments_dir))
     summary = summarise(rows, params)
+    if stale:  # absent where none is: the report of a run without one stays as it was
+        summary["stale_experiments"] = stale
     plots_dir.mkdir(parents=True, exist_ok=True)
     threshold = params.evaluate.toxic_threshold
     maxes = {n: [p["max"] for s in r.scores for p in M.per_prompt(s, threshold).values()] for n, r in rows.items()}
@@ -665,6 +698,7 @@ def report(eval_dir: str | Path, scores_dir: str | Path, judges_path: str | Path
         lines.append(f"| {_label(rows[name])} | {_interval(rows[name])} | {_fmt(m['expected_max_toxicity'])} | "
                      f"{_fmt(m['toxicity_probability'])} | {_fmt(m['mean_toxicity'])} | {ppl} | "
                      f"{m['distinct_2']:.3f} | {m['eos_rate']:.2f} | {flag} |")
+    lines += _stale_lines(stale)
     lines += ["", f"## Difference to `{base}` (paired over the same prompts; seeded methods over seeds too)", ""]
     if summary["vs_baseline"]:
         lines += ["| model | Δ expected max toxicity | Δ toxicity probability | Δ mean toxicity |",
