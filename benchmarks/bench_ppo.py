@@ -35,7 +35,7 @@ LORA = dict(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_
 
 
 def reward_source():
-    from detoxrl.params import load_params
+    from detoxrl.schema import load_params
     from detoxrl.scoring import make_judge
     from detoxrl.scoring.rewards import ToxicityReward
 
@@ -43,8 +43,8 @@ def reward_source():
 
 
 def run_ppo(steps: int, passes: int, tokens: int, prompts: Path, precision: str, per_prompt: int) -> float:
-    from detoxrl.params import PPOParams, load_params
-    from detoxrl.training.ppo import train_ppo
+    from detoxrl.schema import load_params
+    from detoxrl.training.ppo import PPOParams, train_ppo
 
     # the reward settings of params.yaml, switched to the plain toxicity reward GRPO gets too
     reward = load_params(ROOT / "params.yaml").ppo.reward.model_dump() | {"source": "toxicity", "judge": "offline"}
@@ -90,8 +90,7 @@ def run_grpo(steps: int, passes: int, tokens: int, prompts: Path, precision: str
     from peft import LoraConfig
     from trl import GRPOTrainer
 
-    from detoxrl.params import OnlineRLParams
-    from detoxrl.training.grpo import build_config
+    from detoxrl.training.grpo import OnlineRLParams, build_config
 
     reward = reward_source()
     texts = [json.loads(line)["text"] for line in prompts.read_text().splitlines()]

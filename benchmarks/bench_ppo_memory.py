@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from detoxrl.evaluation.generate import format_prompt
-    from detoxrl.params import load_params
+    from detoxrl.schema import load_params
     from detoxrl.scoring.rewards import make_reward
     from detoxrl.training.ppo import train_ppo
 

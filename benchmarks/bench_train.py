@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import matmul_peak_flops, write_results
 from transformers import TrainerCallback
 
-from common import matmul_peak_flops, write_results
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 
 
 class StepTimer(TrainerCallback):

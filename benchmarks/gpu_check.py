@@ -143,7 +143,7 @@ def check_generation(model_dir: Path, device, prompts: list[str], k: int, new_to
 
 
 def train_params(stage: str, bf16: bool, steps: int):
-    from detoxrl.params import load_params
+    from detoxrl.schema import load_params
 
     base = getattr(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), stage)
     return base.model_copy(update={"max_steps": steps, "batch_size": 4, "grad_accum": 1, "max_length": 256,
@@ -195,7 +195,7 @@ def check_training(model_dir: Path, device, n_params: int, peak: float, steps: i
 
 def check_ppo(model_dir: Path, device, steps: int, tmp: Path) -> dict:
     from detoxrl.io import write_jsonl
-    from detoxrl.params import load_params
+    from detoxrl.schema import load_params
     from detoxrl.training.ppo import train_ppo
 
     class Length:

@@ -7,17 +7,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from detoxrl import DetoxError
 from detoxrl.data.toxicchat import load_toxicchat, split_toxicchat
 from detoxrl.evaluation.chat_eval import chat_eval, chat_input, refusal_rates
 from detoxrl.evaluation.validate_judges import human_label_agreement
 from detoxrl.io import read_jsonl, write_jsonl
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 from detoxrl.scoring import make_judge
 from detoxrl.scoring.train_chat_judge import label_metrics, train_chat_judge
-
-from conftest import ROOT
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 TOXICCHAT = "toxic-chat/toxicchat0124-human-train.json"

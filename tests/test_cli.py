@@ -2,10 +2,10 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import ROOT, cli_env
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from conftest import ROOT, cli_env
 from detoxrl.cli import app
 from detoxrl.entry import stage_module
 from detoxrl.stage_code import Package, command_closures, dvc_files, stage_commands
@@ -36,7 +36,7 @@ def test_every_dvc_stage_runs_a_stage_module_and_none_of_the_user_cli():
     assert used <= set(STAGES) and not used & set(_commands())  # no stage is also a user command
     assert all("src/detoxrl/cli.py" not in mods for mods in commands.values())
     assert {stage_module(name) for name in used} == {f"detoxrl.stages.{n.replace('-', '_')}" for n in used}
-    assert stage_module("common") is None and stage_module("check-params") is None
+    assert stage_module("common") is None and stage_module("use-profile") is None
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import yaml
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from detoxrl import DetoxError
-from detoxrl.cli import app
+from detoxrl.params import ComputeParams, stage_compute
+from detoxrl.schema import COMPUTE_BLOCKS, Params, load_params
+from detoxrl.stages.check_params import app as check_params_app
 from detoxrl.stages.ppo import app as ppo_app
-from detoxrl.params import COMPUTE_BLOCKS, ComputeParams, Params, load_params, stage_compute
-
-from conftest import ROOT
 
 DDP, ZERO2, ZERO3 = (f"configs/accelerate/{n}.yaml" for n in ("ddp", "zero2", "zero3-offload"))
 
@@ -76,7 +76,8 @@ PPO_ZERO3 = ("ppo.compute.accelerate_config: PPO cannot run under ZeRO-3 (config
 
 @pytest.mark.parametrize("compute, blocks, sentence", [
     ({"num_processes": 8}, {"ppo": {"compute": {"accelerate_config": ZERO3}}}, PPO_ZERO3),
-    ({"num_processes": 8, "accelerate_config": ZERO3}, {},  # inherited: the sentence says where it came from
+    ({"num_processes": 8, "accelerate_config": ZERO3},  # inherited: the sentence says where it came from
+     {"grpo": {"compute": {"accelerate_config": DDP}}, "rloo": {"compute": {"accelerate_config": DDP}}},
      "ppo.compute.accelerate_config: PPO cannot run under ZeRO-3 (configs/accelerate/zero3-offload.yaml, from "
      "compute.accelerate_config): its rollout generation needs whole weights; give ppo its own compute "
      "(data-parallel, no ZeRO-3)"),
@@ -107,7 +108,7 @@ PPO_ZERO3 = ("ppo.compute.accelerate_config: PPO cannot run under ZeRO-3 (config
 ])
 def test_check_params_refuses_what_cannot_run_in_one_sentence(tmp_path, compute, blocks, sentence):
     path = _params(tmp_path, compute, **blocks)
-    result = CliRunner().invoke(app, ["check-params", "--params", str(path)])
+    result = CliRunner().invoke(check_params_app, ["--params", str(path), "--out", str(tmp_path / "ok.json")])
     assert isinstance(result.exception, DetoxError), result.output
     assert str(result.exception) == f"{path}: {sentence}"
 
@@ -122,7 +123,7 @@ def test_check_params_refuses_what_cannot_run_in_one_sentence(tmp_path, compute,
 ])
 def test_check_params_accepts_the_stage_override_that_makes_it_run(tmp_path, compute, blocks):
     path = _params(tmp_path, compute, **blocks)
-    result = CliRunner().invoke(app, ["check-params", "--params", str(path)])
+    result = CliRunner().invoke(check_params_app, ["--params", str(path), "--out", str(tmp_path / "ok.json")])
     assert result.exit_code == 0 and result.output == f"{path}: ok\n", result.output
 
 

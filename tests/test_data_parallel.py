@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli_env
 from tiny import build_tiny_char_model
 
@@ -134,12 +133,12 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
     """On a CPU-only machine an implicit device is the right one, so only a guard sees the defect that kept PPO
     off GPUs: inside it, a factory call from src/detoxrl without device= fails."""
     from accelerate.state import AcceleratorState
+    from device_guard import ExplicitDevice
+    from test_ppo import LetterReward, ppo_params
 
     from detoxrl.evaluation.generate import sample_continuations
     from detoxrl.models.load import load_for_inference
     from detoxrl.params import GenerateParams
-    from device_guard import ExplicitDevice
-    from test_ppo import LetterReward, ppo_params
     from detoxrl.training import ppo as P
 
     (tmp_path / "prompts.jsonl").write_text("".join(
@@ -173,7 +172,6 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
 def test_accelerate_configs_load_and_say_what_they_are():
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
-
     from conftest import ROOT
 
     configs = {p.stem: load_config_from_file(str(p)) for p in (ROOT / "configs" / "accelerate").glob("*.yaml")}
@@ -187,11 +185,11 @@ def test_accelerate_configs_load_and_say_what_they_are():
 
 
 def test_batches_split_over_processes_keep_the_global_batch(monkeypatch):
-    from detoxrl import DetoxError, hardware
-    from detoxrl.params import load_params
-    from detoxrl.training.common import per_process_batch
-
     from conftest import ROOT
+
+    from detoxrl import DetoxError, hardware
+    from detoxrl.schema import load_params
+    from detoxrl.training.common import per_process_batch
 
     sft = load_params(ROOT / "params.yaml").sft
 

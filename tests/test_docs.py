@@ -105,12 +105,12 @@ def test_a_changed_metric_changes_the_pages_that_quote_it(committed_repo):
     assert "| ppo | 3 seeds: seeds x prompts | 0.123 [" in docs_gen.render(committed_repo)["README.md"]
 
 
-def test_a_stale_committed_experiment_is_named_with_its_refresh_on_the_results_page_and_in_the_readme(scratch_repo):
+def test_a_stale_committed_experiment_is_named_with_its_refresh_on_the_results_page_and_in_the_readme(committed_repo):
     """summary.json's `stale_experiments` (the report left the experiment out: scored on other eval prompts) shows
     on the pages that quote the results, with the command that reruns it; the committed run has none."""
     import json
 
-    path = scratch_repo / "metrics" / "summary.json"
+    path = committed_repo / "metrics" / "summary.json"
     summary = json.loads(path.read_text())
     assert "stale_experiments" not in summary
     refresh = "dvc repro experiments/dvc.yaml:dpo_seeds && dvc repro --force --single-item report"
@@ -118,7 +118,7 @@ def test_a_stale_committed_experiment_is_named_with_its_refresh_on_the_results_p
         "reference": "dpo", "refresh": refresh,
         "reason": "experiments/results/dpo_seeds/s0.jsonl: scored on other prompts than dpo's evaluation"}}
     path.write_text(json.dumps(summary))
-    pages = docs_gen.render(scratch_repo)
+    pages = docs_gen.render(committed_repo)
     assert f"Left out, stale (scored on other eval prompts; `stale_experiments` in metrics/summary.json): " \
            f"dpo_seeds, rerun with `{refresh}`." in pages["README.md"]
     results = pages["docs/results.md"]

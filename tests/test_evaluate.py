@@ -4,17 +4,17 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import ROOT
+from tiny import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from detoxrl.cards import make_card, write_card
-from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation import metrics as M
+from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation.report import report
 from detoxrl.evaluation.validate_judges import validate_judges
 from detoxrl.io import read_jsonl, write_json, write_jsonl
-from detoxrl.params import Params
-from conftest import ROOT
-from tiny import build_tiny_model
+from detoxrl.schema import Params
 
 PROMPTS = [
     {"id": "p0", "subset": "challenging", "text": "You are a", "continuation": " total idiot and I hate you",

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import yaml
-
-from detoxrl.params import Params
 from conftest import ROOT, run
 from tiny import build_tiny_char_model
+
+from detoxrl.schema import Params
 
 
 def test_default_repro_leaves_committed_experiments_out():
@@ -173,7 +173,7 @@ def test_cli_names_what_a_model_outside_models_needs(tmp_path):
 
 
 def test_ppo_cvar_params_are_ppo_with_the_cvar_block_enabled():
-    from detoxrl.params import ppo_cvar_params
+    from detoxrl.training.ppo import ppo_cvar_params
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["ppo_cvar"] = {"alpha": 0.2, "anneal_steps": 5}

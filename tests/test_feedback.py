@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT
 
 from detoxrl import DetoxError
 from detoxrl.io import read_jsonl, write_jsonl
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 from detoxrl.training.label_ai import label_ai
 from detoxrl.training.pref_gen import draw_pools, pref_gen
-
-from conftest import ROOT
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 

@@ -59,7 +59,8 @@ def test_fetch_missing_file_is_a_clear_error(server, tmp_path):
 
 def test_committed_sources_match_committed_pointers():
     from conftest import ROOT
-    from detoxrl.params import load_params
+
+    from detoxrl.schema import load_params
 
     sources = load_params(ROOT / "params.yaml").raw_data.sources
     pointers = {str(p.relative_to(ROOT))[: -len(".dvc")] for p in (ROOT / "data" / "raw").rglob("*.dvc")}

@@ -5,18 +5,18 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import ROOT, cli_env
+from device_guard import ExplicitDevice
+from tiny import build_tiny_model
 from transformers import AutoTokenizer
 
-from detoxrl.cards import make_card, write_card
 from detoxrl import DetoxError
+from detoxrl.cards import make_card, write_card
 from detoxrl.evaluation.evaluate import evaluate
 from detoxrl.evaluation.moderation_filter import moderation_filter
 from detoxrl.evaluation.report import report
 from detoxrl.io import read_jsonl, write_json, write_jsonl
-from detoxrl.params import Params, load_params
-from conftest import ROOT, cli_env
-from device_guard import ExplicitDevice
-from tiny import build_tiny_model
+from detoxrl.schema import Params, load_params
 
 PROMPTS = [{"id": f"p{i}", "subset": "challenging" if i < 2 else "nontoxic", "text": t}
            for i, t in enumerate(["You are a", "What the", "The weather today", "My favourite recipe"])]

@@ -3,15 +3,16 @@
 import json
 
 import pytest
+from conftest import ROOT
 from safetensors.torch import load_file
+from tiny import build_tiny_char_model
 
 from detoxrl import DetoxError
 from detoxrl.cards import read_card
-from detoxrl.params import OnlineRLParams, load_params
+from detoxrl.schema import load_params
 from detoxrl.scoring.rewards import reward_models_in
 from detoxrl.training import grpo as G
-from conftest import ROOT
-from tiny import build_tiny_char_model
+from detoxrl.training.grpo import OnlineRLParams
 
 
 class LetterReward:
@@ -196,7 +197,6 @@ def test_dvc_repro_grpo_at_a_seed_writes_the_declared_outputs(tiny_dir, tmp_path
     import shutil
 
     import yaml
-
     from conftest import run as sh
 
     repo = tmp_path / "repo"

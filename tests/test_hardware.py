@@ -45,7 +45,7 @@ def test_explicit_choices_are_kept_and_say_when_slow():
 
 
 def test_trl_stages_resolve_bf16_auto_the_same_way():
-    from detoxrl.params import load_params
+    from detoxrl.schema import load_params
     from detoxrl.training.common import use_bf16
 
     sft = load_params("params.yaml").sft

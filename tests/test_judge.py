@@ -9,14 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 
 from detoxrl import DetoxError
 from detoxrl.io import write_jsonl
-from detoxrl.params import Params
-from detoxrl.scoring import make_judge, score_texts, ScoreCache
+from detoxrl.schema import Params
+from detoxrl.scoring import ScoreCache, make_judge, score_texts
 from detoxrl.scoring.calibration import Calibrator, load_calibrations, reliability, save_calibrations
 from detoxrl.scoring.train_judge import train_judge, training_texts
-from conftest import ROOT
 
 INSULTS = ["you stupid idiot", "shut up, you worthless moron", "fuck off, loser", "what a dumb piece of shit",
            "you are a pathetic asshole", "go to hell, you disgusting pig"]

@@ -14,13 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from browser import browser, label_server, wait_progress
 from conftest import ROOT, cli_env, run
+
 from detoxrl import DetoxError
 from detoxrl.data.labels import LabelStore, import_label_studio, pool_tasks, read_labels
 from detoxrl.io import read_jsonl, write_jsonl
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 
 POOL = [{"id": f"rtp-nontoxic-{i:04d}", "pool": "human", "subset": "nontoxic", "prompt": f"Prompt number {i} says",
          "responses": [f" first answer {i}", f" second answer {i}"]} for i in range(4)]

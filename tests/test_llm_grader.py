@@ -10,15 +10,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
+from fake_api import JSONHandler, json_server
 
 from detoxrl import DetoxError
 from detoxrl.io import read_jsonl, write_jsonl
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 from detoxrl.scoring.llm_grader import LLMGrader, fill_prompt, parse_answer
 from detoxrl.training.label_ai import label_ai
-
-from conftest import ROOT
-from fake_api import JSONHandler, json_server
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 KEY_ENV = "DETOXRL_TEST_LLM_KEY"

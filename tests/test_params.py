@@ -3,12 +3,11 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import ROOT, cli_env
 
 from detoxrl import DetoxError
-from detoxrl.params import load_params
 from detoxrl.profiles import apply_profile, resolve_chain
-
-from conftest import ROOT, cli_env
+from detoxrl.schema import load_params
 
 
 def _write(tmp_path, mutate):

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from detoxrl import DetoxError
 from detoxrl.models import plan as mp
-from detoxrl.params import Params
 from detoxrl.profiles import resolved_params
+from detoxrl.schema import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 2.0  # the estimate lies within [measured / FACTOR, measured * FACTOR]

@@ -4,12 +4,13 @@ import shutil
 
 import pytest
 import torch
-
-from detoxrl import DetoxError
-from detoxrl.params import PPOParams, load_params
-from detoxrl.training import ppo as P
 from conftest import ROOT
 from tiny import build_tiny_char_model
+
+from detoxrl import DetoxError
+from detoxrl.schema import load_params
+from detoxrl.training import ppo as P
+from detoxrl.training.ppo import PPOParams
 
 
 def test_per_token_rewards_put_kl_on_every_token_and_score_on_the_last():
@@ -318,9 +319,9 @@ def test_auto_precision_follows_the_cpu_and_is_recorded(tiny_dir, prompts, tmp_p
     """ppo.mixed_precision: auto on an AVX2-only CPU runs the fp32 path (no bf16 sampling copy, no autocast); on a
     CPU with AVX512-BF16 the bf16 path. The machine's capabilities are injected, not the test machine's."""
     from accelerate.state import AcceleratorState
+    from test_hardware import AVX2_ZEN3, ZEN4
 
     from detoxrl import hardware
-    from test_hardware import AVX2_ZEN3, ZEN4
 
     caps = AVX2_ZEN3 if cpu == "avx2" else ZEN4
     monkeypatch.setattr(hardware, "detect", lambda device=None: caps)

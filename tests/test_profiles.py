@@ -9,13 +9,12 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import GIT_ID, ROOT, committed_files
 from typer.testing import CliRunner
 
 from detoxrl import DetoxError, hardware, profiles
-from detoxrl.params import load_params
 from detoxrl.profiles import apply_profile, resolve_chain
-
-from conftest import GIT_ID, ROOT, committed_files
+from detoxrl.schema import load_params
 
 PROFILES = ROOT / "profiles"
 
@@ -184,15 +183,15 @@ def test_cli_use_profile_refuses_then_force_applies(tmp_path, params, monkeypatc
     assert load_params(params).profiles == ["gpu-1b.yaml", "gpu-r1-1.5b.yaml"]
 
 
-def test_every_profile_chain_applies_to_the_committed_params_and_validates(params, monkeypatch):
-    from detoxrl.cli import app
+def test_every_profile_chain_applies_to_the_committed_params_and_validates(params, monkeypatch, tmp_path):
+    from detoxrl.stages.check_params import app
 
     monkeypatch.chdir(ROOT)  # the accelerate configs a profile names are read from the repo root
     committed = params.read_text()
     for profile in sorted(PROFILES.glob("*.yaml")):
         params.write_text(committed)
         applied = apply_profile(params, profile, committed=committed)
-        checked = CliRunner().invoke(app, ["check-params", "--params", str(params)])
+        checked = CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "ok.json")])
         assert checked.output == f"{params}: ok\n", (profile.name, checked.exception)
         merged = load_params(params)
         assert merged.profiles == [p.path.name for p in resolve_chain(profile)] == applied.recorded

@@ -8,19 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
+from test_sft_dpo import data  # noqa: F401  (the fixture: short real HH-RLHF pairs)
+from tiny import build_tiny_deberta, build_tiny_seqcls
 from transformers import AutoTokenizer
 
 from detoxrl import DetoxError
 from detoxrl.evaluation.reward_eval import bucket_names, evaluate_reward_model, pair_accuracy
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 from detoxrl.scoring import make_judge
 from detoxrl.scoring.reward_models import RewardModelScorer, chat_ids
 from detoxrl.scoring.rewards import CompositeReward, RewardModelReward, RunningMoments, ToxicityReward, make_reward
 from detoxrl.training.reward_model import tokenize_pair, train_reward_model
-
-from conftest import ROOT
-from tiny import build_tiny_deberta, build_tiny_seqcls
-from test_sft_dpo import data  # noqa: F401  (the fixture: short real HH-RLHF pairs)
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 PROMPTS = ["How do I bake bread?", "Tell me about cats", "hi", "Why is the sky blue? Explain it in detail please."]

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from detoxrl import DetoxError
 from detoxrl.cards import compose, make_card, read_card, write_card
 from detoxrl.evaluation import metrics as M
-from detoxrl.params import instances, load_params, seeded_name
-from conftest import ROOT
+from detoxrl.params import instances, seeded_name
+from detoxrl.schema import load_params
 
 
 def test_one_resample_averages_the_drawn_seeds_on_the_drawn_prompts():

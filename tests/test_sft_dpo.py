@@ -7,6 +7,8 @@ import subprocess
 import pytest
 import torch
 import yaml
+from conftest import ROOT, cli_env
+from tiny import build_tiny_model
 from transformers import AutoTokenizer, TrainerCallback
 
 from detoxrl import DetoxError
@@ -15,12 +17,9 @@ from detoxrl.data.prepare import HH_FILE
 from detoxrl.evaluation.preference import preference_accuracy
 from detoxrl.io import read_jsonl, write_jsonl
 from detoxrl.models.load import load_for_inference
-from detoxrl.params import load_params
+from detoxrl.schema import load_params
 from detoxrl.training.dpo import train_dpo
 from detoxrl.training.sft import build_trainer, train_sft
-
-from conftest import ROOT, cli_env
-from tiny import build_tiny_model
 
 DEFAULTS = load_params(ROOT / "params.yaml")
 

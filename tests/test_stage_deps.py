@@ -7,10 +7,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
-from detoxrl.stage_code import (Package, command_closures, expected_code_deps, missing_code_deps, stage_closures,
-                                 write_code_deps)
+
+from detoxrl.stage_code import (
+    Package,
+    command_closures,
+    expected_code_deps,
+    missing_code_deps,
+    stage_closures,
+    write_code_deps,
+)
 
 
 def test_every_stage_declares_every_module_its_command_can_run():

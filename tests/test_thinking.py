@@ -6,14 +6,14 @@ import json
 
 import pytest
 import yaml
+from conftest import ROOT
+from tiny import build_tiny_qwen2_r1
 
 from detoxrl.evaluation.generate import sample_continuations, thinking_cut
-from detoxrl.params import Params
+from detoxrl.schema import Params
 from detoxrl.scoring import ScoreCache, make_judge
 from detoxrl.scoring.rewards import ToxicityReward, make_reward
 from detoxrl.scoring.thinking import ThinkingReward, split_thinking
-from conftest import ROOT
-from tiny import build_tiny_qwen2_r1
 
 TOXIC, CLEAN = "fuck you, you stupid piece of shit", "thanks, that sounds lovely"
 
@@ -99,8 +99,9 @@ def test_generate_gives_the_thinking_its_budget_and_the_answer_max_new_tokens(r1
 
 
 def test_ppo_on_the_r1_stand_in_counts_unclosed_thinking(r1_dir, tmp_path):
-    from detoxrl.training import ppo as P
     from test_ppo import ppo_params
+
+    from detoxrl.training import ppo as P
 
     prompts = tmp_path / "ppo_prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "subset": "x", "text": w}) + "\n"

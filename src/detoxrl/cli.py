@@ -38,7 +38,7 @@ EvalPromptsOpt = typer.Option(Path("data/processed/eval_prompts.jsonl"), help="H
 
 
 def _params(path: Path):
-    from .params import load_params
+    from .schema import load_params
 
     return load_params(path)
 
@@ -170,13 +170,6 @@ def label_studio_import(
     store.add_many(new)
     typer.echo(f"{export}: {len(new)} labels from {counts['tasks']} tasks ({counts['cancelled']} cancelled, kept as "
                f"skip) -> {store.path}")
-
-
-@app.command("check-params")
-def check_params(params: Path = ParamsOpt):
-    """Validate a params file against the schema."""
-    _params(params)
-    typer.echo(f"{params}: ok")
 
 
 @app.command("use-profile")

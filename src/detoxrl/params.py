@@ -1,19 +1,25 @@
-"""The typed schema of params.yaml.
+"""The typed schema of params.yaml: the blocks every stage shares, and how a stage loads the blocks it reads.
 
 Every knob lives in params.yaml; the schema has no defaults of its own, so a key missing from
 params.yaml is an error rather than a hidden default. Unknown keys, wrong types and out-of-range
 values fail with one line naming the key, so `dvc exp run -S prepare.seeed=3` fails loudly.
+
+A method's own block (sft, dpo, ppo, ...) is declared in the method's module (its `BLOCKS`), not here: a stage
+loads the shared blocks (`SharedParams`) and its method's blocks (`load_blocks`), so that editing one method's
+schema reruns that method's stages only. The whole file, every method included, is checked by schema.py
+(`detoxrl check-params`, the pipeline's first stage).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from . import DetoxError
 
@@ -279,6 +285,14 @@ class GenerateParams(Strict):
     compute: StageComputeParams
     """this stage's processes and accelerate config, each null = the global compute's"""
 
+    def compute_problem(self, launch: Launch) -> str | None:
+        """generate's own limit under N processes (compute_problem)."""
+        if self.engine == "vllm":
+            return (f"generate.engine: vllm cannot run in {launch.num_processes} processes: each would sample every "
+                    "prompt and write the file; set generate.compute.num_processes: 1 (vLLM batches on its GPU "
+                    "itself)")
+        return None
+
 
 class ThinkingParams(Strict):
     delimiter: str | None
@@ -431,18 +445,6 @@ class LabelAIParams(Strict):
         return self
 
 
-class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init` on a source of on-policy labels
-    init: str
-    """the model DPO starts from (models/sft, or models/dpo_rlaif for AI-then-human)"""
-    train: str
-    """DPO pairs (label_ai's or human_pairs' output)"""
-    val: str
-    """DPO validation pairs"""
-    labels_card: str
-    """the card of the labelled pairs (metrics/cards/<this>.json, written by the stage that labelled them): its
-    graders join the DPO models' training signal and its cost their budget"""
-
-
 class HumanPairsParams(Strict):
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     """seeded share of the human pairs held out for DPO's validation (>= 1)"""
@@ -566,42 +568,6 @@ class TrainParams(Strict):
         return self
 
 
-class SFTParams(TrainParams):
-    merge: bool
-    """LoRA only: true = models/sft is the adapter merged into the base (a full model dir); false = the adapter"""
-
-
-class DPOParams(TrainParams):
-    beta: Annotated[float, Field(gt=0)]
-    """strength of the pull towards the reference (SFT) model: higher = stay closer to it"""
-    loss_type: Literal["sigmoid", "ipo", "hinge"]
-    """sigmoid = DPO (Rafailov et al.) | ipo = IPO (Azar et al.) | hinge = TRL's hinge loss"""
-    eval_steps: PositiveInt
-    """evaluate on the validation pairs every this many steps; curves: rewards/accuracies, margins"""
-    eval_pairs: PositiveInt | None
-    """validation pairs used (the first n of pref_val); null = all"""
-
-
-class RewardModelParams(TrainParams):
-    backbone: str
-    """packaged:all-minilm-l6-v2 | hub:<org/name> | local:<dir> | base (models/base); a scalar head is added. The
-    packaged MiniLM is offline; an encoder (MiniLM, hub:microsoft/deberta-v3-base or -large: network) is a
-    cross-encoder over (prompt, response). Held-out HH accuracy: docs/judges.md, Reward model"""
-    context_turns: PositiveInt | None
-    """dialogue messages kept before the response (1 = last user turn); null = all"""
-    max_length: PositiveInt
-    """tokens per (prompt, response); the prompt loses its start first"""
-    margin: float | None
-    """constant margin in -log sigmoid(r_chosen - r_rejected - margin); null = none"""
-    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None
-    """reward centering: weight c of the loss term c * mean((r_chosen + r_rejected)^2); null = off; Eisenstein et al.
-    2023"""
-    eval_steps: PositiveInt
-    """validation on eval_pairs every this many steps"""
-    eval_pairs: PositiveInt | None
-    """validation pairs (first n of pref_val); null = all"""
-
-
 class RewardBenchParams(Strict):
     sections: list[Literal["Chat", "Chat Hard", "Safety", "Reasoning"]] | None
     """null = all four: Chat, Chat Hard, Safety, Reasoning"""
@@ -649,314 +615,13 @@ class PPOLoraParams(Strict):  # PPO is LoRA-only: its reference is the adapter-d
     """module names to adapt"""
 
 
-class KLParams(Strict):
-    coef: Annotated[float, Field(ge=0)]
-    """initial (or fixed) coefficient of the per-token KL penalty"""
-    adaptive: bool
-    """Ziegler et al.'s proportional controller towards `target`"""
-    target: Annotated[float, Field(gt=0)]
-    """target KL (nats per response) for the adaptive controller"""
-    horizon: PositiveInt
-    """samples over which the controller moves the coefficient"""
-
-
-class CVaRParams(Strict):
-    enabled: bool
-    """RA-RLHF: train on the alpha-worst samples of each batch by return"""
-    alpha: Annotated[float, Field(gt=0, le=1)]
-    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
-    anneal_steps: NonNegInt
-    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
-
-
-class PPOCVaRParams(Strict):  # the ppo_cvar experiment: `ppo` with `ppo.cvar` = this block, enabled
-    alpha: Annotated[float, Field(gt=0, le=1)]
-    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
-    anneal_steps: NonNegInt
-    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
-
-
-class RewardModelSourceParams(Strict):
-    model: str
-    """the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only); e.g.
-    hub:Skywork/Skywork-Reward-V2-Qwen3-1.7B, hub:OpenAssistant/reward-model-deberta-v3-large-v2"""
-    format: Literal["auto", "chat", "pair"]
-    """auto | chat (the RM's own chat template) | pair (question, answer: DeBERTa RMs); auto = the format the
-    reward_model stage trained it in, else chat where the tokenizer has a template"""
-    batch_size: PositiveInt
-    """texts per RM forward pass"""
-    max_length: PositiveInt
-    """tokens; longer inputs lose their start"""
-    revision: str | None
-    """hub revision"""
-    trust_remote_code: bool
-    """run a hub RM's own code"""
-
-
-class CompositeParams(Strict):
-    weights: dict[Literal["toxicity", "reward_model"], float]
-    """reward = sum of weight * component"""
-    normalize: bool
-    """each component scaled by its running mean/std before weighting"""
-
-
-class RewardParams(Strict):
-    source: Literal["toxicity", "reward_model", "composite"]
-    """toxicity (1 - judge toxicity) | reward_model (an RM's scalar) | composite (both, weighted)"""
-    judge: JudgeName
-    """the judge of the toxicity reward (and of the composite's toxicity component)"""
-    reward_model: RewardModelSourceParams
-    """the RM of the reward_model source and the composite's reward_model component"""
-    composite: CompositeParams
-    """the composite reward's weights"""
-
-    @model_validator(mode="after")
-    def _weights(self):
-        if self.source == "composite" and not any(self.composite.weights.values()):
-            raise ValueError("composite.weights: at least one weight must be non-zero")
-        return self
-
-
-class PPOParams(Strict):
-    seed: int
-    """seed of prompt order, sampling and initialisation"""
-    steps: PositiveInt
-    """PPO iterations: a rollout batch, then `epochs` passes over it"""
-    batch_size: PositiveInt
-    """responses per rollout (a multiple of samples_per_prompt)"""
-    samples_per_prompt: PositiveInt
-    """responses sampled per prompt (batch_size / this = prompts per rollout); the prompt is prefilled once"""
-    minibatch_size: PositiveInt
-    """responses per PPO minibatch"""
-    grad_accum_steps: PositiveInt
-    """minibatches per optimizer step"""
-    epochs: PositiveInt
-    """PPO epochs (passes) over each rollout batch"""
-    lr: Annotated[float, Field(gt=0)]
-    """learning rate of the LoRA adapter and value head"""
-    max_new_tokens: PositiveInt
-    """tokens per response at most (as in evaluation)"""
-    temperature: Annotated[float, Field(gt=0)]
-    """rollout sampling temperature; log-probs use the same"""
-    top_p: Annotated[float, Field(gt=0, le=1)]
-    """rollout nucleus sampling mass"""
-    lora: PPOLoraParams
-    """the policy's LoRA adapter (PPO is LoRA-only: its reference is the adapter-disabled model)"""
-    kl: KLParams
-    """the per-token KL penalty to the reference (SFT) model"""
-    gamma: Fraction
-    """discount factor of GAE"""
-    lam: Fraction
-    """GAE lambda"""
-    clip_range: Annotated[float, Field(gt=0)]
-    """PPO's policy ratio clip"""
-    clip_range_value: Annotated[float, Field(gt=0)]
-    """clip of the value update around the old values"""
-    vf_coef: Annotated[float, Field(ge=0)]
-    """weight of the value loss"""
-    entropy_coef: Annotated[float, Field(ge=0)]
-    """weight of the entropy bonus"""
-    max_grad_norm: Annotated[float, Field(gt=0)]
-    """gradient clipping norm"""
-    whiten_advantages: bool
-    """normalise advantages to mean 0, std 1 over the (global) batch"""
-    missing_eos_penalty: Annotated[float, Field(ge=0)] | None
-    """e.g. 1.0: subtracted from the score of a response without EOS; null = none"""
-    reward: RewardParams
-    """the text reward source"""
-    cvar: CVaRParams
-    """RA-RLHF's CVaR option"""
-    checkpoint_every: NonNegInt
-    """steps between resumable checkpoints (0 = none); in .cache/checkpoints/ppo, removed on success"""
-    mixed_precision: Literal["auto", "none", "fp16", "bf16"]
-    """auto | none | fp16 | bf16; auto = bf16 where the device computes it natively, fp32 elsewhere. Natively: a CUDA
-    GPU with bf16, a CPU with AVX512-BF16 or AMX (hardware.py); the stage prints its choice and records it in
-    metrics/ppo.json (platform). bf16 = autocast + a bf16 sampling copy: faster than fp32 on CPUs with AVX512-BF16/AMX
-    (benchmarks/bench_ppo.py), several times slower where bf16 is emulated (AVX2-only CPUs). "none", not "no": YAML
-    reads a bare no as false"""
-    compute: StageComputeParams
-    """this stage's processes and accelerate config, each null = the global compute's"""
-
-    @model_validator(mode="after")
-    def _prompts_per_rollout(self):
-        if self.batch_size % self.samples_per_prompt:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt "
-                             f"({self.samples_per_prompt})")
-        return self
-
-
-class OnlineRLParams(Strict):
-    """The grpo and rloo blocks: TRL's GRPOTrainer / RLOOTrainer from the SFT model (training/grpo.py). Both score
-    `steps * prompts_per_step * num_generations` responses with PPO's reward (`ppo.reward`)."""
-
-    seed: int
-    """training seed (LoRA init, prompt order, sampling); `detoxrl grpo|rloo --seed` overrides it"""
-    steps: PositiveInt
-    """generation rounds: each samples num_generations responses to prompts_per_step prompts, then optimises
-    num_iterations times on them (TRL's max_steps = steps * num_iterations)"""
-    prompts_per_step: PositiveInt
-    """prompts per generation round (global, over all processes)"""
-    num_generations: Annotated[int, Field(ge=2)]
-    """responses per prompt, the group whose mean (GRPO) or leave-one-out mean (RLOO) is the baseline"""
-    num_iterations: PositiveInt
-    """optimisation passes over each generation round (TRL's mu; PPO's epochs); > 1 costs one more forward per
-    round for the old log-probs"""
-    lr: Annotated[float, Field(gt=0)]
-    """learning rate of the LoRA adapter, constant (as PPO's)"""
-    beta: Annotated[float, Field(ge=0)]
-    """KL coefficient to the reference (the adapter-disabled SFT model): GRPO a per-token k3 term in the loss, RLOO
-    a sequence-level k1 penalty in the reward; 0 = no reference pass"""
-    epsilon: Annotated[float, Field(gt=0)]
-    """clip of the policy ratio (PPO's clip_range); matters only when num_iterations > 1"""
-    max_grad_norm: Annotated[float, Field(gt=0)]
-    """gradient clipping norm"""
-    max_new_tokens: PositiveInt
-    """tokens per response at most (TRL's max_completion_length)"""
-    temperature: Annotated[float, Field(gt=0)]
-    """sampling temperature; log-probs use the same"""
-    top_p: Annotated[float, Field(gt=0, le=1)]
-    """nucleus sampling mass"""
-    lora: PPOLoraParams
-    """the policy's LoRA adapter over the SFT weights (its reference: the adapter disabled)"""
-    mixed_precision: Literal["auto", "none", "bf16"]
-    """auto | none | bf16, as ppo.mixed_precision (auto = bf16 where the device computes it natively); TRL's own
-    default (bf16 on) is never used"""
-    gradient_checkpointing: bool
-    """trade compute for memory (TRL's default is on; off is faster for small models)"""
-    save_steps: NonNegInt
-    """generation rounds between resumable checkpoints in .cache/checkpoints/<method>_s<seed> (0 = none), always at
-    the end of a round, so a resumed run ends as an uninterrupted one; removed on success"""
-    compute: StageComputeParams
-    """this stage's processes and accelerate config, each null = the global compute's"""
-
-
-class Params(Strict):
-    profiles: list[str]
-    """the profile files `detoxrl use-profile` applied to this file, in order, base first (file names; each
-    chain's `extends:` resolved); written by use-profile, copied into every metrics file's platform record; [] = the
-    committed defaults"""
-    raw_data: RawDataParams
-    """where the raw files come from"""
-    compute: ComputeParams
-    """how many processes the data-parallel stages run in"""
-    base_model: BaseModelParams
-    """the base model (base_model stage -> models/base)"""
-    prepare: PrepareParams
-    """HH-RLHF pairs and RTP prompts (prepare stage -> data/processed)"""
-    prepare_chat: PrepareChatParams
-    """ToxicChat splits and chat eval prompts (prepare_chat -> data/chat)"""
-    sft: SFTParams
-    """supervised fine-tuning (TRL SFTTrainer) of models/base on sft.jsonl"""
-    dpo: DPOParams
-    """DPO (TRL DPOTrainer) from the SFT model on pref_train"""
-    pref_gen: PrefGenParams
-    """on-policy response pools from the SFT model for AI and human labels"""
-    label_ai: LabelAIParams
-    """RLAIF: the AI graders that order each prompt's responses"""
-    dpo_feedback: DPOParams
-    """DPO on on-policy feedback pairs (dpo_feedback@<key>): the dpo stage's code and knobs; short texts: cheap
-    steps"""
-    feedback_runs: dict[str, FeedbackRunParams]
-    """dpo_feedback's foreach: key -> init model and pairs; models/dpo_<key>; human runs are added once labels exist"""
-    human_pairs: HumanPairsParams
-    """data/labels/human.jsonl (detoxrl label-human) -> DPO pairs (none by default)"""
-    human_eval: HumanEvalParams
-    """blind side-by-side human check (detoxrl label-human --mode eval); writes metrics/human_eval.json"""
-    pref_eval: PrefEvalParams
-    """held-out preference accuracy of base, sft and dpo on pref_test"""
-    reward_model: RewardModelParams
-    """reward model training (TRL RewardTrainer, Bradley-Terry loss) on pref_train"""
-    eval_reward_model: EvalRewardModelParams
-    """held-out evaluation of models/reward on pref_test and RewardBench"""
-    ppo: PPOParams
-    """PPO (the project's own loop) from the SFT model on ppo_prompts"""
-    ppo_cvar: PPOCVaRParams
-    """risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default stage"""
-    grpo: OnlineRLParams
-    """GRPO (TRL GRPOTrainer) from the SFT model on ppo_prompts with PPO's reward, once per seed (grpo@<seed>)"""
-    rloo: OnlineRLParams
-    """RLOO (TRL RLOOTrainer), the grpo block's knobs: a committed experiment (experiments/dvc.yaml), per seed"""
-    models: dict[str, str]
-    """models trained once (or not at all) that generate/evaluate/report cover: name -> model directory (a full HF
-    dir or a LoRA adapter over models/base); a new model is one line here"""
-    seeds: list[int]
-    """training seeds: each `seeded:` method is trained once per seed, and the report's intervals for it resample
-    seeds as well as prompts (one training run is one draw)"""
-    seeded: list[str]
-    """methods trained once per seed in `seeds`: seed s of method m is the model `m/s<s>` in models/m/s<s>, made by
-    the stage m@<s> (or one stage looping over the seeds), generated and evaluated like any model; a new seeded
-    method is its stage plus one line here"""
-    judges: JudgesParams
-    """toxicity judges: score cache, trained judges, judge settings"""
-    train_judge: TrainJudgeParams
-    """the perspective_distilled judge and the judges' calibration (train_judge -> models/judge)"""
-    train_chat_judge: TrainChatJudgeParams
-    """the chat_distilled judge on ToxicChat's human labels (train_chat_judge -> models/chat_judge)"""
-    generate: GenerateParams
-    """continuations of the eval prompts (generate@<model>)"""
-    evaluate: EvaluateParams
-    """toxicity, fluency and tail metrics of the continuations (evaluate@<model>)"""
-    thinking: ThinkingParams
-    """reasoning models: which text is scored, an unclosed thinking's treatment, the thinking budget (generate,
-    evaluate, chat_eval, ppo, grpo, rloo)"""
-    filters: dict[str, FilterSourceParams]
-    """moderation output filters (filter@<name>, evaluated as <name>); name -> source model (a `models:` name) and its
-    directory (as in models:)"""
-    filter: FilterParams
-    """the moderation filter's knobs, shared by every filter"""
-    chat_eval: ChatEvalParams
-    """chat-domain evaluation on held-out ToxicChat user inputs (chat_eval@<model>)"""
-    validate_judges: ValidateJudgesParams
-    """judges against Perspective scores and ToxicChat human labels"""
-    report: ReportParams
-    """metrics/summary.json, plots and reports/report.md"""
-
-    @model_validator(mode="after")
-    def _baseline_is_a_model(self):
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds {self.seeds}: expected distinct non-negative integers, at least one")
-        both = sorted(set(self.seeded) & set(self.models))
-        if both or len(set(self.seeded)) != len(self.seeded):
-            raise ValueError(f"seeded {self.seeded}: a name is listed twice or is also in models ({both})")
-        unknown = [m for m in self.report.compare if m not in self.models]
-        if unknown:
-            raise ValueError(f"report.compare {unknown} are not among models: {sorted(self.models)}")
-        for key in ("model_a", "model_b"):
-            if getattr(self.human_eval, key) not in instances(self):
-                raise ValueError(f"human_eval.{key} {getattr(self.human_eval, key)!r} is not one of the models: "
-                                 f"{sorted(instances(self))}")
-        if self.report.baseline not in self.models:
-            raise ValueError(f"report.baseline {self.report.baseline!r} is not one of models: {sorted(self.models)}")
-        both = sorted(set(self.report.experiments) & set(self.models))
-        if both:  # the report pairs an experiment with its reference model where both were evaluated
-            raise ValueError(f"report.experiments {both} are also in models (an experiment runs outside the default "
-                             "stages)")
-        for name, f in self.filters.items():
-            if name in self.models:
-                raise ValueError(f"filters.{name}: also a name in models (both write data/generations/{name}.jsonl)")
-            if f.source not in self.models:
-                raise ValueError(f"filters.{name}.source {f.source!r} is not one of models: {sorted(self.models)}")
-            if f.model != self.models[f.source]:
-                raise ValueError(f"filters.{name}.model {f.model!r} must be models.{f.source} "
-                                 f"({self.models[f.source]!r}), the directory dvc.yaml makes the stage depend on")
-        return self
-
-    @model_validator(mode="after")
-    def _compute_can_run(self):
-        for block in COMPUTE_BLOCKS:
-            problem = compute_problem(self, block)
-            if problem:
-                raise ValueError(problem)
-        return self
-
-
 def seeded_name(method: str, seed: int) -> str:
     """The model name of one seed of a seeded method: ppo, 1 -> ppo/s1 (its files: models/ppo/s1,
     data/generations/ppo/s1.jsonl, metrics/eval/ppo/s1.json, metrics/cards/ppo/s1.json)."""
     return f"{method}/s{seed}"
 
 
-def instances(params: Params) -> dict[str, str]:
+def instances(params) -> dict[str, str]:
     """Every model the pipeline generates and evaluates: the `models:` entries, then each seed of each `seeded:`
     method (name -> model directory)."""
     out = dict(params.models)
@@ -966,13 +631,7 @@ def instances(params: Params) -> dict[str, str]:
     return out
 
 
-# The params blocks with a `compute:` sub-block: each names the stages (cli commands) that re-launch themselves under
-# `accelerate launch` with that block's effective compute (ppo_cvar runs the ppo block; dpo_feedback@* its own).
-COMPUTE_BLOCKS = ("sft", "dpo", "dpo_feedback", "reward_model", "ppo", "grpo", "rloo", "generate", "evaluate",
-                  "chat_eval")
-
-
-def stage_compute(params: Params, block: str) -> ComputeParams:
+def stage_compute(params, block: str) -> ComputeParams:
     """The compute a block's stages run with: each field of `<block>.compute`, or the global `compute`'s where null."""
     own, default = getattr(params, block).compute, params.compute
     return ComputeParams(num_processes=own.num_processes or default.num_processes,
@@ -1016,10 +675,25 @@ def split_batch(batch_size: int, grad_accum: int, processes: int) -> tuple[int, 
     return None
 
 
-def compute_problem(params: Params, block: str) -> str | None:
+@dataclass(frozen=True)
+class Launch:
+    """What a block's stages would run under, for a method's own `compute_problem(launch)` rule."""
+
+    block: str
+    num_processes: int
+    key: str  # the option a problem names: <block>.compute.accelerate_config
+    config: str  # the accelerate config, and where it came from
+    zero: int | None  # the DeepSpeed ZeRO stage, None without DeepSpeed
+    micro_batch: object  # DeepSpeed's train_micro_batch_size_per_gpu ("auto" where not set)
+
+
+def compute_problem(params, block: str) -> str | None:
     """Why a block's stages cannot run with their effective compute, in one sentence naming the option; None when
-    they can. Only what the code cannot do: under one process nothing is launched, so nothing applies."""
-    compute, own = stage_compute(params, block), getattr(params, block).compute
+    they can. Only what the code cannot do: under one process nothing is launched, so nothing applies. A block's
+    own rules (PPO cannot run under ZeRO-3, ...) are its params class's `compute_problem(launch)`; the rules every
+    block shares (quantization, the split of the global batch) follow."""
+    compute, knobs = stage_compute(params, block), getattr(params, block)
+    own = knobs.compute
     if compute.num_processes <= 1:
         return None
     key = f"{block}.compute.accelerate_config"
@@ -1029,47 +703,30 @@ def compute_problem(params: Params, block: str) -> str | None:
     except ValueError as exc:
         return f"{key if own.accelerate_config else 'compute.accelerate_config'}: {exc}"
     zero3 = ds is not None and ds[0] == 3
-    if block == "ppo" and zero3:
-        return (f"{key}: PPO cannot run under ZeRO-3 ({cfg}): its rollout generation needs whole weights; give ppo its "
-                "own compute (data-parallel, no ZeRO-3)")
-    if block == "ppo" and ds is not None and not isinstance(ds[1], int):
-        return (f"{key}: PPO cannot run under DeepSpeed ({cfg}): it prepares its model without a dataloader, which "
-                "accelerate's DeepSpeed path takes only with an integer train_micro_batch_size_per_gpu; give ppo its "
-                "own compute (data-parallel, no DeepSpeed)")
-    if block in ("grpo", "rloo") and zero3:
-        return (f"{key}: {block.upper()} cannot run under ZeRO-3 ({cfg}): its main process alone merges the adapter "
-                f"into the policy and saves it, and ZeRO-3 leaves each process a shard; give {block} its own compute "
-                "(data-parallel or ZeRO-2)")
-    quantization = getattr(getattr(params, block), "quantization", "none")
+    rule = getattr(knobs, "compute_problem", None)
+    if rule is not None:
+        launch = Launch(block, compute.num_processes, key, cfg, None if ds is None else ds[0],
+                        None if ds is None else ds[1])
+        if problem := rule(launch):
+            return problem
+    quantization = getattr(knobs, "quantization", "none")
     if quantization != "none":
         where = (f"under ZeRO-3 ({cfg}): the stage loads bitsandbytes weights whole, which ZeRO-3 cannot shard"
                  if zero3 else f"in {compute.num_processes} processes: every process loads the quantized model "
                  "onto GPU 0")
         return (f"{block}.quantization: {quantization} cannot run {where}; set {block}.quantization: none or "
                 f"{block}.compute.num_processes: 1")
-    knobs = getattr(params, block)
     if isinstance(getattr(knobs, "grad_accum", None), int) and \
             split_batch(knobs.batch_size, knobs.grad_accum, compute.num_processes) is None:
         return (f"{block}.batch_size: the global batch ({block}.batch_size {knobs.batch_size} x grad_accum "
                 f"{knobs.grad_accum}) cannot be split evenly over {compute.num_processes} processes")
-    if block == "generate" and params.generate.engine == "vllm":
-        return (f"generate.engine: vllm cannot run in {compute.num_processes} processes: each would sample every "
-                "prompt and write the file; set generate.compute.num_processes: 1 (vLLM batches on its GPU itself)")
     return None
 
 
-def ppo_cvar_params(params: Params) -> PPOParams:
-    """The ppo_cvar experiment's PPO params: the `ppo` block with `ppo.cvar` replaced by the `ppo_cvar` block, enabled;
-    seed, steps and batch stay PPO's, so the budget is the same."""
-    cvar = params.ppo.cvar.model_copy(update={"enabled": True, "alpha": params.ppo_cvar.alpha,
-                                              "anneal_steps": params.ppo_cvar.anneal_steps})
-    return params.ppo.model_copy(update={"cvar": cvar})
-
-
-def _format_error(path: Path, err: ValidationError) -> str:
+def _format_error(path: Path, err: ValidationError, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])  # empty: a check across blocks, its message names the keys
+        key = ".".join(str(p) for p in ([prefix] if prefix else []) + list(e["loc"]))  # empty: a check across blocks
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
@@ -1082,8 +739,96 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return f"{path}: " + "; ".join(parts)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+class SharedParams(Strict):
+    """The blocks of params.yaml that are not one method's own: data, judges, generation, evaluation, the report.
+    Every stage loads all of them; the methods' blocks come from their modules (schema.py puts the two together)."""
+
+    profiles: list[str]
+    """the profile files `detoxrl use-profile` applied to this file, in order, base first (file names; each
+    chain's `extends:` resolved); written by use-profile, copied into every metrics file's platform record; [] = the
+    committed defaults"""
+    raw_data: RawDataParams
+    """where the raw files come from"""
+    compute: ComputeParams
+    """how many processes the data-parallel stages run in"""
+    base_model: BaseModelParams
+    """the base model (base_model stage -> models/base)"""
+    prepare: PrepareParams
+    """HH-RLHF pairs and RTP prompts (prepare stage -> data/processed)"""
+    prepare_chat: PrepareChatParams
+    """ToxicChat splits and chat eval prompts (prepare_chat -> data/chat)"""
+    pref_gen: PrefGenParams
+    """on-policy response pools from the SFT model for AI and human labels"""
+    label_ai: LabelAIParams
+    """RLAIF: the AI graders that order each prompt's responses"""
+    human_pairs: HumanPairsParams
+    """data/labels/human.jsonl (detoxrl label-human) -> DPO pairs (none by default)"""
+    human_eval: HumanEvalParams
+    """blind side-by-side human check (detoxrl label-human --mode eval); writes metrics/human_eval.json"""
+    pref_eval: PrefEvalParams
+    """held-out preference accuracy of base, sft and dpo on pref_test"""
+    eval_reward_model: EvalRewardModelParams
+    """held-out evaluation of models/reward on pref_test and RewardBench"""
+    models: dict[str, str]
+    """models trained once (or not at all) that generate/evaluate/report cover: name -> model directory (a full HF
+    dir or a LoRA adapter over models/base); a new model is one line here"""
+    seeds: list[int]
+    """training seeds: each `seeded:` method is trained once per seed, and the report's intervals for it resample
+    seeds as well as prompts (one training run is one draw)"""
+    seeded: list[str]
+    """methods trained once per seed in `seeds`: seed s of method m is the model `m/s<s>` in models/m/s<s>, made by
+    the stage m@<s> (or one stage looping over the seeds), generated and evaluated like any model; a new seeded
+    method is its stage plus one line here"""
+    judges: JudgesParams
+    """toxicity judges: score cache, trained judges, judge settings"""
+    train_judge: TrainJudgeParams
+    """the perspective_distilled judge and the judges' calibration (train_judge -> models/judge)"""
+    train_chat_judge: TrainChatJudgeParams
+    """the chat_distilled judge on ToxicChat's human labels (train_chat_judge -> models/chat_judge)"""
+    generate: GenerateParams
+    """continuations of the eval prompts (generate@<model>)"""
+    evaluate: EvaluateParams
+    """toxicity, fluency and tail metrics of the continuations (evaluate@<model>)"""
+    thinking: ThinkingParams
+    """reasoning models: which text is scored, an unclosed thinking's treatment, the thinking budget (generate,
+    evaluate, chat_eval, ppo, grpo, rloo)"""
+    filters: dict[str, FilterSourceParams]
+    """moderation output filters (filter@<name>, evaluated as <name>); name -> source model (a `models:` name) and its
+    directory (as in models:)"""
+    filter: FilterParams
+    """the moderation filter's knobs, shared by every filter"""
+    chat_eval: ChatEvalParams
+    """chat-domain evaluation on held-out ToxicChat user inputs (chat_eval@<model>)"""
+    validate_judges: ValidateJudgesParams
+    """judges against Perspective scores and ToxicChat human labels"""
+    report: ReportParams
+    """metrics/summary.json, plots and reports/report.md"""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A params block a method module declares (its `BLOCKS`): the block's type and its one-line description."""
+
+    type: Any
+    description: str
+
+
+class Blocks:
+    """The params a stage loaded: the shared blocks and its methods' blocks, as attributes (`p.sft`, `p.ppo.reward`).
+    A block the stage did not load is an error naming it, not a silent default."""
+
+    def __init__(self, path: Path, blocks: dict[str, Any]):
+        self._path, self.__dict__["_blocks"] = path, blocks
+        self.__dict__.update(blocks)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{self._path}: this stage does not load the params block {name!r}; add its class to "
+                             "the stage's load (stages/common.load)")
+
+
+def _read(path: Path) -> dict:
     if not path.exists():
         raise DetoxError(f"{path}: params file not found")
     try:
@@ -1092,7 +837,47 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise DetoxError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise DetoxError(f"{path}: expected a mapping of stage names to settings")
+    return raw
+
+
+def _validate(path: Path, key: str, type_: Any, value: Any) -> Any:
     try:
-        return Params.model_validate(raw)
+        return TypeAdapter(type_).validate_python(value)
     except ValidationError as exc:
-        raise DetoxError(_format_error(path, exc)) from None
+        raise DetoxError(_format_error(path, exc, key)) from None
+
+
+def load_blocks(path: str | Path = "params.yaml", *method_blocks: dict[str, Block]) -> Blocks:
+    """The shared blocks of params.yaml and the given method blocks (a method module's `BLOCKS`, or a dotted part
+    of one: `{"ppo.reward": Block(RewardParams, ...)}` loads `p.ppo.reward` alone), validated; a block with its own
+    `compute` is checked to be runnable (compute_problem). Keys of other methods are not read here: the pipeline's
+    check_params stage validates the whole file first."""
+    path = Path(path)
+    raw = _read(path)
+    out: dict[str, Any] = {}
+    for name, field in SharedParams.model_fields.items():
+        if name not in raw:
+            raise DetoxError(f"{path}: {name}: missing key")
+        out[name] = _validate(path, name, field.annotation, raw[name])
+    nested: dict[str, dict[str, Any]] = {}
+    for blocks in method_blocks:
+        for key, block in blocks.items():
+            head, _, sub = key.partition(".")
+            value = raw.get(head)
+            if sub:
+                value = value.get(sub) if isinstance(value, dict) else None
+            if value is None:
+                raise DetoxError(f"{path}: {key}: missing key")
+            valid = _validate(path, key, block.type, value)
+            if sub:
+                nested.setdefault(head, {})[sub] = valid
+            else:
+                out[head] = valid
+    for head, subs in nested.items():
+        out.setdefault(head, Blocks(path, subs))
+    params = Blocks(path, out)
+    for name, value in out.items():
+        if isinstance(getattr(value, "compute", None), StageComputeParams):
+            if problem := compute_problem(params, name):
+                raise DetoxError(f"{path}: {problem}")
+    return params

@@ -21,7 +21,8 @@ import yaml
 from pydantic import ValidationError
 
 from . import DetoxError
-from .params import Params, _format_error
+from .params import _format_error
+from .schema import Params
 
 EXTENDS = "extends"  # the top-level key naming a profile's parent
 RECORD = "profiles"  # params.yaml's list of the profile files applied so far, in order

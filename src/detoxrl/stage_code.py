@@ -78,16 +78,44 @@ def _resolve(pkg: Package, path: Path, node: ast.ImportFrom | ast.Import) -> lis
     return [mod] + [f"{mod}.{a.name}" for a in node.names if pkg.file_of(f"{mod}.{a.name}")]
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`): imports for type annotations alone, which never run."""
+    return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _walk(node: ast.AST):
+    """ast.walk, leaving out the body of `if TYPE_CHECKING:` blocks (its `else:` runs, so it is kept)."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        if _type_checking_only(n):
+            todo.extend(n.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(n))
+
+
 def imports_of(pkg: Package, path: Path, nodes: list[ast.AST] | None = None) -> set[Path]:
-    """Files of the package that the import statements in `nodes` (default: the whole file) load."""
+    """Files of the package that the import statements in `nodes` (default: the whole file) load; imports under
+    `if TYPE_CHECKING:` do not count (they never run)."""
     if nodes is None:
         nodes = [ast.parse(path.read_text(), str(path))]
     found: set[Path] = set()
+    bound: dict[str, str] = {}  # names the file's imports bind -> the package module they name
     for top in nodes:
-        for node in ast.walk(top):
+        for node in _walk(top):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for dotted in _resolve(pkg, path, node):
                     found.update(pkg.with_parents(dotted))
+                    bound[dotted.rsplit(".", 1)[-1]] = dotted
+    for top in nodes:  # `pkgutil.iter_modules(<package>.__path__)` then import_module: every module of it runs
+        for node in _walk(top):
+            if (isinstance(node, ast.Call) and ast.unparse(node.func) == "pkgutil.iter_modules" and node.args
+                    and isinstance(node.args[0], ast.Attribute) and node.args[0].attr == "__path__"
+                    and ast.unparse(node.args[0].value) in bound):
+                init = pkg.file_of(bound[ast.unparse(node.args[0].value)])
+                if init is not None and init.name == "__init__.py":
+                    found.update(init.parent.glob("*.py"))
     return found
 
 

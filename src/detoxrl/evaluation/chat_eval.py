@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json, write_jsonl
-from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, to_perspective_scale
 from ..scoring.thinking import UNCLOSED_TOXICITY, apply_unclosed, judged_texts, unclosed_count
 from . import metrics as M
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def chat_input(text: str, tokenizer, require_template: bool) -> str:

@@ -24,17 +24,20 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json, write_jsonl
-from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, to_perspective_scale
 from ..scoring.thinking import UNCLOSED_TOXICITY, apply_unclosed, judged_texts, split_thinking, unclosed_count
 from . import metrics as M
 from .generate import format_prompt
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[str], batch_size: int):

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError
 from ..data.labels import make_task, read_labels
 from ..io import read_jsonl, write_json
-from ..params import Params
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def eval_tasks(params: Params, eval_prompts: str | Path, generations_dir: str | Path) -> list[dict]:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json, write_jsonl
-from ..params import Params
 from .generate import format_prompt, sample_continuations
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 ScoreFn = Callable[[list[str]], list[float]]
 SEED_STRIDE = 1_000_000  # round i samples with seed + i * SEED_STRIDE + m * GROUP_STRIDE + batch

@@ -16,14 +16,17 @@ CIs: percentile bootstrap over pairs (evaluate.bootstrap_samples, ci_level, seed
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json
-from ..params import Params
 from .evaluate import continuation_nll
 from .metrics import bootstrap_means
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def context_and_responses(pair: dict, tokenizer) -> tuple[str, str, str]:

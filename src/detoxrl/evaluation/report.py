@@ -30,13 +30,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..cards import read_card
 from ..io import atomic_file, read_jsonl, write_json
-from ..params import Params, seeded_name
+from ..params import seeded_name
 from . import metrics as M
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 HEADLINE = ("expected_max_toxicity", "toxicity_probability", "mean_toxicity")
 

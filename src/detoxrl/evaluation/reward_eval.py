@@ -19,16 +19,19 @@ plots/reward_model/reward_bench.csv: the section scores of each RM (a bar chart 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import hardware
 from ..io import atomic_file, read_jsonl, write_json
-from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.reward_models import RewardModelScorer, dialogue_ids, pair_question, sigmoid
 from . import reward_bench as RB
 from .metrics import bootstrap_means
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray, n_samples: int, level: float, seed: int) -> dict:

@@ -18,15 +18,18 @@ its chance level is the toxic rate, reported beside it) with percentile-bootstra
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json
-from ..params import Params
 from ..scoring import ScoreCache, make_judge, score_texts
 from ..scoring.calibration import load_calibrations, reliability, to_perspective_scale
 from ..scoring.train_chat_judge import label_metrics
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def reference_texts(prompts: list[dict]) -> tuple[list[str], np.ndarray]:

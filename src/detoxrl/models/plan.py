@@ -52,7 +52,8 @@ from pathlib import Path
 import yaml
 
 from .. import DetoxError
-from ..params import ComputeParams, LoraParams, Params, TrainParams, stage_compute
+from ..params import ComputeParams, LoraParams, TrainParams, stage_compute
+from ..schema import COMPUTE_BLOCKS, Params
 
 GIB = 2**30
 # name, memory (GiB as the GPU's nominal size), smallest first
@@ -268,9 +269,8 @@ def inference_model(arch: Arch, role: str, head: str, dtype: str | None = None) 
 # The stages
 # ---------------------------------------------------------------------------------------------
 
-# The blocks with their own `compute:` (params.stage_compute); the other stages run with the global `compute`.
-COMPUTE_BLOCKS = {"sft", "dpo", "dpo_feedback", "reward_model", "ppo", "grpo", "rloo", "generate", "evaluate",
-                  "chat_eval"}
+# The blocks with their own `compute:` (schema.COMPUTE_BLOCKS, params.stage_compute); the other stages run with
+# the global `compute`.
 
 
 def _compute(params: Params, stage: str) -> ComputeParams:

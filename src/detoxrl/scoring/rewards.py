@@ -18,10 +18,59 @@ batch size. A normalised composite also depends on the scores seen before (the r
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Literal, Protocol
 
+from pydantic import model_validator
+
+from ..params import Block, JudgeName, PositiveInt, Strict
 from .cache import ScoreCache, score_texts
 from .thinking import with_thinking
+
+
+class RewardModelSourceParams(Strict):
+    model: str
+    """the trained RM dir (models/reward), local:<dir>, or hub:<org/name> (inference only); e.g.
+    hub:Skywork/Skywork-Reward-V2-Qwen3-1.7B, hub:OpenAssistant/reward-model-deberta-v3-large-v2"""
+    format: Literal["auto", "chat", "pair"]
+    """auto | chat (the RM's own chat template) | pair (question, answer: DeBERTa RMs); auto = the format the
+    reward_model stage trained it in, else chat where the tokenizer has a template"""
+    batch_size: PositiveInt
+    """texts per RM forward pass"""
+    max_length: PositiveInt
+    """tokens; longer inputs lose their start"""
+    revision: str | None
+    """hub revision"""
+    trust_remote_code: bool
+    """run a hub RM's own code"""
+
+
+class CompositeParams(Strict):
+    weights: dict[Literal["toxicity", "reward_model"], float]
+    """reward = sum of weight * component"""
+    normalize: bool
+    """each component scaled by its running mean/std before weighting"""
+
+
+class RewardParams(Strict):
+    source: Literal["toxicity", "reward_model", "composite"]
+    """toxicity (1 - judge toxicity) | reward_model (an RM's scalar) | composite (both, weighted)"""
+    judge: JudgeName
+    """the judge of the toxicity reward (and of the composite's toxicity component)"""
+    reward_model: RewardModelSourceParams
+    """the RM of the reward_model source and the composite's reward_model component"""
+    composite: CompositeParams
+    """the composite reward's weights"""
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.source == "composite" and not any(self.composite.weights.values()):
+            raise ValueError("composite.weights: at least one weight must be non-zero")
+        return self
+
+
+# The reward's part of the ppo block, for the stages that score with PPO's reward without training PPO (grpo, rloo,
+# label_ai, ...): `load_blocks(path, REWARD_BLOCK)` loads `p.ppo.reward` alone.
+REWARD_BLOCK = {"ppo.reward": Block(RewardParams, "the text reward source of ppo, grpo and rloo")}
 
 
 class RewardSource(Protocol):

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..data.rtp import normalise
 from ..io import atomic_dir, read_jsonl, write_json
-from ..params import Params
 from .cache import ScoreCache, score_texts
 from .calibration import CALIBRATION_FILE, Calibrator, save_calibrations
 from .distilled import DistilledJudge, char_ngram_counts, fit_idf, forward, layers_from_sklearn, save_judge
 from .distilled import features as make_features
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 RTP_FILES = ("challenging", "nontoxic")
 

@@ -39,10 +39,13 @@ def run(app: typer.Typer, name: str, argv: list[str]) -> None:
         launch.end_processes()
 
 
-def load(path: Path):
-    from ..params import load_params
+def load(path: Path, *method_blocks):
+    """The shared blocks of params.yaml and the given method blocks (a method module's `BLOCKS`), validated: a stage
+    reads these and imports no other method's schema (params.load_blocks; the whole file is the check_params
+    stage's)."""
+    from ..params import load_blocks
 
-    return load_params(path)
+    return load_blocks(path, *method_blocks)
 
 
 def card(name: str, method: str, cards_dir: Path = Path("metrics/cards"), **fields) -> None:

@@ -32,9 +32,9 @@ def dpo(
     cards_dir: Path = common.CardsDirOpt,
 ):
     """DPO (TRL DPOTrainer) from the SFT model on preference pairs; the SFT model is the reference."""
-    from ..training.dpo import train_dpo
+    from ..training.dpo import BLOCKS, train_dpo
 
-    p = common.load(params)
+    p = common.load(params, BLOCKS)
     if block not in ("dpo", "dpo_feedback"):
         raise DetoxError(f"--block {block!r}: expected dpo or dpo_feedback")
     launch.relaunch(p, block)

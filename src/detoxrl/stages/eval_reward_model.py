@@ -25,9 +25,10 @@ def eval_reward_model(
     """Held-out pairwise accuracy of the reward model (with CI), by prompt length, its agreement with a judge, and
     RewardBench's section scores."""
     from ..evaluation.reward_eval import evaluate_reward_model
+    from ..training.reward_model import BLOCKS  # reward_model.max_length: the RM's training length
 
     reward_bench = reward_bench if reward_bench and str(reward_bench) not in ("", ".") else None
-    r = evaluate_reward_model(model, pairs, out, plots, common.load(params), reward_bench)
+    r = evaluate_reward_model(model, pairs, out, plots, common.load(params, BLOCKS), reward_bench)
     a = r["accuracy"]
     typer.echo(f"reward model: accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] on {r['pairs']} "
                f"pairs -> {out}")

@@ -22,10 +22,10 @@ def run_online(kind: str, params: Path, seed: Optional[int], out: Optional[Path]
     """The grpo and rloo stages: TRL's GRPOTrainer / RLOOTrainer with PPO's reward, prompts and budget."""
     from ..evaluation.generate import format_prompt
     from ..params import seeded_name
-    from ..scoring.rewards import make_reward, reward_models_in
-    from ..training.grpo import train_online
+    from ..scoring.rewards import REWARD_BLOCK, make_reward, reward_models_in
+    from ..training.grpo import BLOCKS, train_online
 
-    p = common.load(params)
+    p = common.load(params, BLOCKS, REWARD_BLOCK)
     block = getattr(p, kind)
     seed = block.seed if seed is None else seed
     name = seeded_name(kind, seed)

@@ -20,9 +20,10 @@ def label_ai(
     metrics: Path = typer.Option(Path("metrics/label_ai.json"), help="Counts file."),
 ):
     """Order each prompt's responses with the AI grader(s): DPO pairs, margin-filtered, grader agreement."""
+    from ..scoring.rewards import REWARD_BLOCK
     from ..training.label_ai import label_ai as run
 
-    p = common.load(params)
+    p = common.load(params, REWARD_BLOCK)
     m = run(pool, out, metrics, p)
     gen = json.loads(Path("metrics/pref_gen.json").read_text())
     graded = m["grader_queries"] // len(m["graders"])

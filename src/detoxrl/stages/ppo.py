@@ -28,11 +28,11 @@ def ppo(
 ):
     """PPO from models/sft on the PPO prompts against the configured reward -> models/ppo/s<seed>."""
     from ..evaluation.generate import format_prompt
-    from ..params import ppo_cvar_params, seeded_name
+    from ..params import seeded_name
     from ..scoring.rewards import make_reward, reward_models_in
-    from ..training.ppo import train_ppo
+    from ..training.ppo import BLOCKS, ppo_cvar_params, train_ppo
 
-    p = common.load(params)
+    p = common.load(params, BLOCKS)
     if variant not in ("plain", "cvar"):
         raise DetoxError(f"--variant {variant!r}: expected plain or cvar")
     ppo_params = ppo_cvar_params(p) if variant == "cvar" else p.ppo

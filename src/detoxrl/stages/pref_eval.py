@@ -20,8 +20,9 @@ def pref_eval(
 ):
     """Held-out preference accuracy of base, sft and dpo (log-likelihood; DPO implicit reward)."""
     from ..evaluation.preference import preference_accuracy
+    from ..training.dpo import BLOCKS  # dpo.beta: the implicit reward's scale
 
-    r = preference_accuracy(pairs, base, out, common.load(params))
+    r = preference_accuracy(pairs, base, out, common.load(params, BLOCKS))
     accs = ", ".join(f"{k} {v['value']:.3f}" for k, v in r["loglik_accuracy"].items())
     typer.echo(f"{r['pairs']} pairs: loglik accuracy {accs}; dpo reward accuracy "
                f"{r['dpo_reward_accuracy']['value']:.3f} -> {out}")

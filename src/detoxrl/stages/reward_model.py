@@ -23,9 +23,9 @@ def reward_model(
     plots: Path = typer.Option(Path("plots/reward_model/train"), help="Training curves (dvclive) directory."),
 ):
     """Pairwise (Bradley-Terry) reward model on preference pairs (TRL RewardTrainer, LoRA by default)."""
-    from ..training.reward_model import train_reward_model
+    from ..training.reward_model import BLOCKS, train_reward_model
 
-    p = common.load(params)
+    p = common.load(params, BLOCKS)
     launch.relaunch(p, "reward_model")
     m = train_reward_model(base, train, val, out, metrics, plots, p.reward_model, profiles=p.profiles)
     if launch.rank() == 0:

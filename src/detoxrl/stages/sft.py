@@ -27,9 +27,9 @@ def sft(
     cards_dir: Path = common.CardsDirOpt,
 ):
     """Supervised fine-tuning (TRL SFTTrainer, LoRA by default) of the base model on the chosen responses."""
-    from ..training.sft import train_sft
+    from ..training.sft import BLOCKS, train_sft
 
-    p = common.load(params)
+    p = common.load(params, BLOCKS)
     name = common.out_name(out)
     knobs = common.own_checkpoints(p.sft if seed is None else p.sft.model_copy(update={"seed": seed}), name, "sft")
     launch.relaunch(p, "sft")  # > 1 process (sft.compute, else compute): this command again, under accelerate launch

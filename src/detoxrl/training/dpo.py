@@ -21,10 +21,46 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from ..io import atomic_dir, read_jsonl, write_json
-from ..params import DPOParams
+from ..params import Block, PositiveInt, Strict, TrainParams
 from . import common, lm_head
+
+
+class DPOParams(TrainParams):
+    beta: Annotated[float, Field(gt=0)]
+    """strength of the pull towards the reference (SFT) model: higher = stay closer to it"""
+    loss_type: Literal["sigmoid", "ipo", "hinge"]
+    """sigmoid = DPO (Rafailov et al.) | ipo = IPO (Azar et al.) | hinge = TRL's hinge loss"""
+    eval_steps: PositiveInt
+    """evaluate on the validation pairs every this many steps; curves: rewards/accuracies, margins"""
+    eval_pairs: PositiveInt | None
+    """validation pairs used (the first n of pref_val); null = all"""
+
+
+class FeedbackRunParams(Strict):  # one dpo_feedback@<key> stage: DPO from `init` on a source of on-policy labels
+    init: str
+    """the model DPO starts from (models/sft, or models/dpo_rlaif for AI-then-human)"""
+    train: str
+    """DPO pairs (label_ai's or human_pairs' output)"""
+    val: str
+    """DPO validation pairs"""
+    labels_card: str
+    """the card of the labelled pairs (metrics/cards/<this>.json, written by the stage that labelled them): its
+    graders join the DPO models' training signal and its cost their budget"""
+
+
+# The params blocks this method reads: schema.py adds them to params.yaml's schema under these names.
+BLOCKS = {
+    "dpo": Block(DPOParams, "DPO (TRL DPOTrainer) from the SFT model on pref_train"),
+    "dpo_feedback": Block(DPOParams, "DPO on on-policy feedback pairs (dpo_feedback@<key>): the dpo stage's code and "
+                                     "knobs; short texts: cheap steps"),
+    "feedback_runs": Block(dict[str, FeedbackRunParams], "dpo_feedback's foreach: key -> init model and pairs; "
+                           "models/dpo_<key>; human runs are added once labels exist"),
+}
 
 
 def to_preference(record: dict) -> dict:

@@ -43,16 +43,81 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from .. import DetoxError, hardware
 from ..cards import make_card, write_card
 from ..io import atomic_dir, read_jsonl, write_json
-from ..params import seeded_name
+from ..params import Block, Launch, NonNegInt, PositiveInt, PPOLoraParams, StageComputeParams, Strict, seeded_name
 from ..scoring.thinking import ThinkingReward
 from . import common
 
 KINDS = ("grpo", "rloo")
 REWARD_STATE = "reward_state.json"  # the composite reward's running statistics, beside each trainer checkpoint
+
+
+class OnlineRLParams(Strict):
+    """The grpo and rloo blocks: TRL's GRPOTrainer / RLOOTrainer from the SFT model (training/grpo.py). Both score
+    `steps * prompts_per_step * num_generations` responses with PPO's reward (`ppo.reward`)."""
+
+    seed: int
+    """training seed (LoRA init, prompt order, sampling); `detoxrl grpo|rloo --seed` overrides it"""
+    steps: PositiveInt
+    """generation rounds: each samples num_generations responses to prompts_per_step prompts, then optimises
+    num_iterations times on them (TRL's max_steps = steps * num_iterations)"""
+    prompts_per_step: PositiveInt
+    """prompts per generation round (global, over all processes)"""
+    num_generations: Annotated[int, Field(ge=2)]
+    """responses per prompt, the group whose mean (GRPO) or leave-one-out mean (RLOO) is the baseline"""
+    num_iterations: PositiveInt
+    """optimisation passes over each generation round (TRL's mu; PPO's epochs); > 1 costs one more forward per
+    round for the old log-probs"""
+    lr: Annotated[float, Field(gt=0)]
+    """learning rate of the LoRA adapter, constant (as PPO's)"""
+    beta: Annotated[float, Field(ge=0)]
+    """KL coefficient to the reference (the adapter-disabled SFT model): GRPO a per-token k3 term in the loss, RLOO
+    a sequence-level k1 penalty in the reward; 0 = no reference pass"""
+    epsilon: Annotated[float, Field(gt=0)]
+    """clip of the policy ratio (PPO's clip_range); matters only when num_iterations > 1"""
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    """gradient clipping norm"""
+    max_new_tokens: PositiveInt
+    """tokens per response at most (TRL's max_completion_length)"""
+    temperature: Annotated[float, Field(gt=0)]
+    """sampling temperature; log-probs use the same"""
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    """nucleus sampling mass"""
+    lora: PPOLoraParams
+    """the policy's LoRA adapter over the SFT weights (its reference: the adapter disabled)"""
+    mixed_precision: Literal["auto", "none", "bf16"]
+    """auto | none | bf16, as ppo.mixed_precision (auto = bf16 where the device computes it natively); TRL's own
+    default (bf16 on) is never used"""
+    gradient_checkpointing: bool
+    """trade compute for memory (TRL's default is on; off is faster for small models)"""
+    save_steps: NonNegInt
+    """generation rounds between resumable checkpoints in .cache/checkpoints/<method>_s<seed> (0 = none), always at
+    the end of a round, so a resumed run ends as an uninterrupted one; removed on success"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
+
+    def compute_problem(self, launch: Launch) -> str | None:
+        """GRPO's and RLOO's own limit under N processes (params.compute_problem)."""
+        if launch.zero == 3:
+            return (f"{launch.key}: {launch.block.upper()} cannot run under ZeRO-3 ({launch.config}): its main process "
+                    "alone merges the adapter into the policy and saves it, and ZeRO-3 leaves each process a shard; "
+                    f"give {launch.block} its own compute (data-parallel or ZeRO-2)")
+        return None
+
+
+# The params blocks this module reads: schema.py adds them to params.yaml's schema under these names.
+BLOCKS = {
+    "grpo": Block(OnlineRLParams, "GRPO (TRL GRPOTrainer) from the SFT model on ppo_prompts with PPO's reward, once "
+                                  "per seed (grpo@<seed>)"),
+    "rloo": Block(OnlineRLParams, "RLOO (TRL RLOOTrainer), the grpo block's knobs: a committed experiment "
+                                  "(experiments/dvc.yaml), per seed"),
+}
 
 
 def reward_function(source, combine=None):

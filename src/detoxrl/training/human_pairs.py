@@ -17,10 +17,13 @@ import random
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.labels import pool_tasks, read_labels
 from ..io import read_jsonl, write_json, write_jsonl
-from ..params import Params
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def human_pairs(pool_path: str | Path, labels_path: str | Path, out_dir: str | Path, metrics_path: str | Path,

@@ -24,12 +24,15 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DetoxError, hardware
 from ..io import read_jsonl, write_json, write_jsonl
-from ..params import Params
+
+if TYPE_CHECKING:  # the type alone: a stage never imports the whole schema (stage_code skips these imports)
+    from ..schema import Params
 
 
 def grader_scores(name: str, prompts: list[str], responses: list[str], params: Params) -> np.ndarray:

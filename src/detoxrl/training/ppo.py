@@ -38,14 +38,136 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from .. import DetoxError, hardware
 from ..io import atomic_dir, read_jsonl, write_json
+from ..params import Block, Fraction, Launch, NonNegInt, PositiveInt, PPOLoraParams, StageComputeParams, Strict
+from ..scoring.rewards import RewardParams
 from . import common
+
+
+class KLParams(Strict):
+    coef: Annotated[float, Field(ge=0)]
+    """initial (or fixed) coefficient of the per-token KL penalty"""
+    adaptive: bool
+    """Ziegler et al.'s proportional controller towards `target`"""
+    target: Annotated[float, Field(gt=0)]
+    """target KL (nats per response) for the adaptive controller"""
+    horizon: PositiveInt
+    """samples over which the controller moves the coefficient"""
+
+class CVaRParams(Strict):
+    enabled: bool
+    """RA-RLHF: train on the alpha-worst samples of each batch by return"""
+    alpha: Annotated[float, Field(gt=0, le=1)]
+    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
+    anneal_steps: NonNegInt
+    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
+
+class PPOCVaRParams(Strict):  # the ppo_cvar experiment: `ppo` with `ppo.cvar` = this block, enabled
+    alpha: Annotated[float, Field(gt=0, le=1)]
+    """target tail share: a rollout batch trains on its ceil(alpha * batch_size) lowest returns"""
+    anneal_steps: NonNegInt
+    """alpha goes linearly from 1 (plain PPO) to `alpha` over these steps; the paper's soft-risk schedule"""
+
+class PPOParams(Strict):
+    seed: int
+    """seed of prompt order, sampling and initialisation"""
+    steps: PositiveInt
+    """PPO iterations: a rollout batch, then `epochs` passes over it"""
+    batch_size: PositiveInt
+    """responses per rollout (a multiple of samples_per_prompt)"""
+    samples_per_prompt: PositiveInt
+    """responses sampled per prompt (batch_size / this = prompts per rollout); the prompt is prefilled once"""
+    minibatch_size: PositiveInt
+    """responses per PPO minibatch"""
+    grad_accum_steps: PositiveInt
+    """minibatches per optimizer step"""
+    epochs: PositiveInt
+    """PPO epochs (passes) over each rollout batch"""
+    lr: Annotated[float, Field(gt=0)]
+    """learning rate of the LoRA adapter and value head"""
+    max_new_tokens: PositiveInt
+    """tokens per response at most (as in evaluation)"""
+    temperature: Annotated[float, Field(gt=0)]
+    """rollout sampling temperature; log-probs use the same"""
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    """rollout nucleus sampling mass"""
+    lora: PPOLoraParams
+    """the policy's LoRA adapter (PPO is LoRA-only: its reference is the adapter-disabled model)"""
+    kl: KLParams
+    """the per-token KL penalty to the reference (SFT) model"""
+    gamma: Fraction
+    """discount factor of GAE"""
+    lam: Fraction
+    """GAE lambda"""
+    clip_range: Annotated[float, Field(gt=0)]
+    """PPO's policy ratio clip"""
+    clip_range_value: Annotated[float, Field(gt=0)]
+    """clip of the value update around the old values"""
+    vf_coef: Annotated[float, Field(ge=0)]
+    """weight of the value loss"""
+    entropy_coef: Annotated[float, Field(ge=0)]
+    """weight of the entropy bonus"""
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    """gradient clipping norm"""
+    whiten_advantages: bool
+    """normalise advantages to mean 0, std 1 over the (global) batch"""
+    missing_eos_penalty: Annotated[float, Field(ge=0)] | None
+    """e.g. 1.0: subtracted from the score of a response without EOS; null = none"""
+    reward: RewardParams
+    """the text reward source"""
+    cvar: CVaRParams
+    """RA-RLHF's CVaR option"""
+    checkpoint_every: NonNegInt
+    """steps between resumable checkpoints (0 = none); in .cache/checkpoints/ppo, removed on success"""
+    mixed_precision: Literal["auto", "none", "fp16", "bf16"]
+    """auto | none | fp16 | bf16; auto = bf16 where the device computes it natively, fp32 elsewhere. Natively: a CUDA
+    GPU with bf16, a CPU with AVX512-BF16 or AMX (hardware.py); the stage prints its choice and records it in
+    metrics/ppo.json (platform). bf16 = autocast + a bf16 sampling copy: faster than fp32 on CPUs with AVX512-BF16/AMX
+    (benchmarks/bench_ppo.py), several times slower where bf16 is emulated (AVX2-only CPUs). "none", not "no": YAML
+    reads a bare no as false"""
+    compute: StageComputeParams
+    """this stage's processes and accelerate config, each null = the global compute's"""
+
+    @model_validator(mode="after")
+    def _prompts_per_rollout(self):
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt "
+                             f"({self.samples_per_prompt})")
+        return self
+
+    def compute_problem(self, launch: Launch) -> str | None:
+        """PPO's own limits under N processes (params.compute_problem)."""
+        if launch.zero == 3:
+            return (f"{launch.key}: PPO cannot run under ZeRO-3 ({launch.config}): its rollout generation needs whole "
+                    "weights; give ppo its own compute (data-parallel, no ZeRO-3)")
+        if launch.zero is not None and not isinstance(launch.micro_batch, int):
+            return (f"{launch.key}: PPO cannot run under DeepSpeed ({launch.config}): it prepares its model without a "
+                    "dataloader, which accelerate's DeepSpeed path takes only with an integer "
+                    "train_micro_batch_size_per_gpu; give ppo its own compute (data-parallel, no DeepSpeed)")
+        return None
+
+def ppo_cvar_params(params) -> PPOParams:
+    """The ppo_cvar experiment's PPO params: the `ppo` block with `ppo.cvar` replaced by the `ppo_cvar` block, enabled;
+    seed, steps and batch stay PPO's, so the budget is the same."""
+    cvar = params.ppo.cvar.model_copy(update={"enabled": True, "alpha": params.ppo_cvar.alpha,
+                                              "anneal_steps": params.ppo_cvar.anneal_steps})
+    return params.ppo.model_copy(update={"cvar": cvar})
+
+
+# The params blocks this method reads: schema.py adds them to params.yaml's schema under these names.
+BLOCKS = {
+    "ppo": Block(PPOParams, "PPO (the project's own loop) from the SFT model on ppo_prompts"),
+    "ppo_cvar": Block(PPOCVaRParams, "risk-averse PPO, a committed experiment (experiments/dvc.yaml), not a default "
+                                     "stage"),
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,12 +22,40 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from .. import DetoxError
 from ..io import atomic_dir, read_jsonl, write_json
-from ..params import RewardModelParams
+from ..params import Block, PositiveInt, TrainParams
 from ..scoring.reward_models import INFO_FILE, dialogue_ids
 from . import common
+
+
+class RewardModelParams(TrainParams):
+    backbone: str
+    """packaged:all-minilm-l6-v2 | hub:<org/name> | local:<dir> | base (models/base); a scalar head is added. The
+    packaged MiniLM is offline; an encoder (MiniLM, hub:microsoft/deberta-v3-base or -large: network) is a
+    cross-encoder over (prompt, response). Held-out HH accuracy: docs/judges.md, Reward model"""
+    context_turns: PositiveInt | None
+    """dialogue messages kept before the response (1 = last user turn); null = all"""
+    max_length: PositiveInt
+    """tokens per (prompt, response); the prompt loses its start first"""
+    margin: float | None
+    """constant margin in -log sigmoid(r_chosen - r_rejected - margin); null = none"""
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None
+    """reward centering: weight c of the loss term c * mean((r_chosen + r_rejected)^2); null = off; Eisenstein et al.
+    2023"""
+    eval_steps: PositiveInt
+    """validation on eval_pairs every this many steps"""
+    eval_pairs: PositiveInt | None
+    """validation pairs (first n of pref_val); null = all"""
+
+
+# The params blocks this method reads: schema.py adds them to params.yaml's schema under these names.
+BLOCKS = {"reward_model": Block(RewardModelParams, "reward model training (TRL RewardTrainer, Bradley-Terry loss) "
+                                                   "on pref_train")}
 
 ENCODERS = {"bert", "deberta", "deberta-v2", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"}
 

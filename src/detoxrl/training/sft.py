@@ -17,8 +17,17 @@ import shutil
 from pathlib import Path
 
 from ..io import atomic_dir, read_jsonl, write_json
-from ..params import SFTParams
+from ..params import Block, TrainParams
 from . import common, lm_head
+
+
+class SFTParams(TrainParams):
+    merge: bool
+    """LoRA only: true = models/sft is the adapter merged into the base (a full model dir); false = the adapter"""
+
+
+# The params blocks this method reads: schema.py adds them to params.yaml's schema under these names.
+BLOCKS = {"sft": Block(SFTParams, "supervised fine-tuning (TRL SFTTrainer) of models/base on sft.jsonl")}
 
 
 def to_prompt_completion(record: dict) -> dict:
