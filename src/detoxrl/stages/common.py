@@ -19,6 +19,10 @@ SeedOpt = typer.Option(None, "--seed", help="Training seed (default: the block's
                                             "<method>/s<seed>.")
 CardsDirOpt = typer.Option(Path("metrics/cards"), help="Where the model card goes (a committed experiment: "
                            "experiments/results/cards, outside the report stage's deps).")
+# The seeded online methods' outputs (grpo, rloo, kto): each defaults to <kind>/s<seed>.
+OutOpt = typer.Option(None, help="Output model directory (default models/<method>/s<seed>).")
+MetricsOpt = typer.Option(None, help="Metrics file (default metrics/<method>/s<seed>.json).")
+PlotsOpt = typer.Option(None, help="Training curves (dvclive) directory (default plots/<method>/s<seed>).")
 ModelDirOpt = typer.Option(None, "--model-dir", help="The model's directory, for a model not in params.yaml `models` "
                                                       "(a committed experiment, e.g. ppo_cvar).")
 

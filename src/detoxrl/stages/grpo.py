@@ -12,10 +12,6 @@ from . import common
 
 app = common.stage_app(__doc__)
 
-OnlineOutOpt = typer.Option(None, help="Output model directory (default models/<method>/s<seed>).")
-OnlineMetricsOpt = typer.Option(None, help="Metrics file (default metrics/<method>/s<seed>.json).")
-OnlinePlotsOpt = typer.Option(None, help="Training curves (dvclive) directory (default plots/<method>/s<seed>).")
-
 
 def run_online(kind: str, params: Path, seed: Optional[int], out: Optional[Path], metrics: Optional[Path],
                plots: Optional[Path], cards_dir: Path) -> None:
@@ -43,8 +39,8 @@ def run_online(kind: str, params: Path, seed: Optional[int], out: Optional[Path]
 
 
 @app.command()
-def grpo(params: Path = common.ParamsOpt, seed: Optional[int] = common.SeedOpt, out: Optional[Path] = OnlineOutOpt,
-         metrics: Optional[Path] = OnlineMetricsOpt, plots: Optional[Path] = OnlinePlotsOpt,
+def grpo(params: Path = common.ParamsOpt, seed: Optional[int] = common.SeedOpt, out: Optional[Path] = common.OutOpt,
+         metrics: Optional[Path] = common.MetricsOpt, plots: Optional[Path] = common.PlotsOpt,
          cards_dir: Path = common.CardsDirOpt):
     """GRPO (TRL GRPOTrainer) from models/sft on the PPO prompts against PPO's reward -> models/grpo/s<seed>."""
     run_online("grpo", params, seed, out, metrics, plots, cards_dir)
