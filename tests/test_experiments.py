@@ -24,8 +24,8 @@ def test_default_repro_leaves_committed_experiments_out():
         upstream = [s.addressing for s in plan_repro(get_active_graph(repo.index.graph),
                                                      repo.stage.collect("experiments/dvc.yaml:ppo_cvar@0"))]
     seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
-    assert experiments == [f"experiments/dvc.yaml:{name}@{s}" for name in ("ppo_cvar", "rloo", "sft_seeds", "dpo_seeds")
-                           for s in seeds]
+    names = list(yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"])
+    assert "ppo_cvar" in names and experiments == [f"experiments/dvc.yaml:{name}@{s}" for name in names for s in seeds]
     assert "report" in plan and not set(experiments) & set(plan)
     # the experiment's own run brings its inputs up to date first, as the ppo stage's would
     assert {"sft", "reward_model", "train_judge", "prepare"} <= set(upstream)
@@ -34,7 +34,11 @@ def test_default_repro_leaves_committed_experiments_out():
 
 def test_committed_experiments_are_not_default_models_and_each_pairs_with_its_default_counterpart():
     params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert params.report.experiments == {"ppo_cvar": "ppo", "rloo": "grpo", "sft_seeds": "sft", "dpo_seeds": "dpo"}
+    names = list(yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"])
+    assert list(params.report.experiments) == names  # each experiment stage is shown, in the file's order
+    assert {"ppo_cvar": "ppo", "rloo": "grpo", "sft_seeds": "sft", "dpo_seeds": "dpo"}.items() <= \
+        params.report.experiments.items()
+    assert set(params.report.experiments.values()) <= set(params.models) | set(params.seeded)
     assert not set(params.report.experiments) & (set(params.models) | set(params.seeded))
     assert params.ppo.cvar.enabled is False  # the default ppo stage stays plain PPO
     assert {"sft", "dpo"} <= set(params.models)  # trained once by default; over seeds only by the experiments
