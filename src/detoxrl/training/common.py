@@ -4,6 +4,12 @@ Resuming: the trainer checkpoints every `save_steps` into `checkpoint_dir` (outs
 resumes from the newest checkpoint there, provided it was written for the same params and inputs: a fingerprint
 of both is stored beside the checkpoints, and a mismatch discards them (a changed lr must not resume an old run).
 The checkpoints are removed once the stage has written its outputs.
+
+A resumed run writes the bits of an uninterrupted one (`exact_resume`): the weights, optimizer, scheduler and RNG
+states are in the checkpoint, but the trainers keep some numbers of their logs in memory only: the losses and TRL's
+metrics accumulated since the last log, the loss sum behind `train_loss`, TRL's running token count. So every
+checkpoint falls on a log (nothing is pending when it is written), `train_loss` is computed from the log history
+(which the checkpoint holds), and the token count continues from the last logged one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -157,10 +164,23 @@ def fingerprint(params, inputs: list[str | Path], extra: str = "") -> str:
     return h.hexdigest()
 
 
-def resume_checkpoint(checkpoint_dir: str | Path, fp: str) -> str | None:
-    """The newest checkpoint written for this fingerprint, or None (stale checkpoints are removed)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _resumable(ckpt: Path) -> str | None:
+    """The newest whole checkpoint in ckpt (its trainer_state.json, which transformers writes last, is there) that
+    was written before the last step. Not the one written after it (a run stopped before its outputs were written):
+    transformers resumed there trains one step more (it looks for the end only after a step), so the run resumes
+    from the checkpoint before, or starts again, and ends as the uninterrupted run did."""
+    found = []
+    for d in ckpt.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and (d / "trainer_state.json").is_file():
+            state = json.loads((d / "trainer_state.json").read_text())
+            if state["global_step"] < state["max_steps"]:
+                found.append((int(m[1]), str(d)))
+    return max(found)[1] if found else None
 
+
+def resume_checkpoint(checkpoint_dir: str | Path, fp: str) -> str | None:
+    """The newest checkpoint written for this fingerprint (`_resumable`), or None (stale checkpoints are removed)."""
     ckpt, stamp = Path(checkpoint_dir), Path(checkpoint_dir) / "fingerprint.txt"
     if is_main():  # data parallel: one process tidies, the others wait for it
         if ckpt.is_dir() and (not stamp.exists() or stamp.read_text() != fp):
@@ -169,7 +189,7 @@ def resume_checkpoint(checkpoint_dir: str | Path, fp: str) -> str | None:
         ckpt.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fp)
     barrier()
-    last = get_last_checkpoint(str(ckpt))
+    last = _resumable(ckpt)
     if last and is_main():
         print(f"resuming from {last}")
     return last
@@ -212,10 +232,37 @@ def make_curves_callback(plots_dir: str | Path):
     return DVCLiveCurves()
 
 
+def exact_resume(trainer) -> None:
+    """Makes a run resumed from one of `trainer`'s checkpoints log what the uninterrupted run logs (see the module
+    docstring): every checkpoint is written right after a log, and TRL's token count (`num_tokens`, kept in the
+    trainer, not in its state) continues from the checkpoint's last log instead of from 0. Without it a resumed
+    run's curves (num_tokens always; loss, entropy, DPO rewards whenever a checkpoint fell between two logs) and
+    its train_loss (the mean over the steps after the resume only) differed from a straight run's."""
+    from transformers import TrainerCallback
+
+    class ExactResume(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            tokens = [e["num_tokens"] for e in state.log_history if "num_tokens" in e]
+            if tokens and hasattr(trainer, "_total_train_tokens"):  # resuming (the history is the checkpoint's)
+                trainer._total_train_tokens = int(tokens[-1])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # runs after transformers' DefaultFlowCallback, which decides the saves
+                control.should_log = True
+
+    trainer.add_callback(ExactResume())
+
+
 def train_metrics(trainer, output) -> dict:
-    """Stable summary keys from a finished trainer: steps, mean and last training loss."""
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    loss = output.training_loss
+    """Stable summary keys from a finished trainer: steps, mean and last training loss.
+
+    train_loss is the mean loss over every step of the run, from the logged losses (each the mean over the steps
+    since the log before): the trainer's own `output.training_loss` covers only the steps of its last `train()`
+    call, i.e. after the resume in a resumed run. With logs every 2^k steps it is the trainer's number, to the bit."""
+    history = [e for e in trainer.state.log_history if "loss" in e]
+    losses = [e["loss"] for e in history]
+    steps = [e["step"] - before for e, before in zip(history, [0] + [e["step"] for e in history])]
+    loss = sum(x * n for x, n in zip(losses, steps)) / sum(steps) if history else output.training_loss
     if not math.isfinite(loss) or not losses or not all(map(math.isfinite, losses)):
         raise DetoxError(f"training diverged (loss {loss}); lower lr or check the data")
     return {"steps": trainer.state.global_step, "train_loss": loss, "final_loss": losses[-1]}

@@ -118,6 +118,7 @@ def train_dpo(sft_dir: str | Path, base_dir: str | Path, train_path: str | Path,
         peft_config=common.lora_config(params.lora),
         callbacks=[common.make_curves_callback(plots_dir), *callbacks],
     )
+    common.exact_resume(trainer)
     output = trainer.train(resume_from_checkpoint=resume)
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     if not evals or evals[-1]["step"] != trainer.state.global_step:

@@ -135,6 +135,7 @@ def train_reward_model(base_dir: str | Path, train_path: str | Path, val_path: s
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(val),
                             processing_class=tokenizer, peft_config=common.lora_config(params.lora, "SEQ_CLS"),
                             callbacks=[common.make_curves_callback(plots_dir), *callbacks])
+    common.exact_resume(trainer)
     output = trainer.train(resume_from_checkpoint=resume)
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     if not evals or evals[-1]["step"] != trainer.state.global_step:

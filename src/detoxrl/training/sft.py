@@ -44,8 +44,10 @@ def build_trainer(model, tokenizer, records: list[dict], params: SFTParams, call
     lm_head.install()  # CPU: LM head on completion positions only, logits not recomputed in backward
     args = SFTConfig(**common.trainer_args(params, "sft"), completion_only_loss=True, packing=False)
     dataset = Dataset.from_list([to_prompt_completion(r) for r in records])
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=common.lora_config(params.lora), callbacks=list(callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=common.lora_config(params.lora), callbacks=list(callbacks))
+    common.exact_resume(trainer)
+    return trainer
 
 
 def train_sft(base_dir: str | Path, data_path: str | Path, out_dir: str | Path, metrics_path: str | Path,
