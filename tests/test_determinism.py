@@ -20,7 +20,9 @@ from transformers import TrainerCallback
 
 import detoxrl
 from detoxrl.io import write_jsonl
-from detoxrl.params import DPOParams, SFTParams, load_params
+from detoxrl.schema import load_params
+from detoxrl.training.dpo import DPOParams
+from detoxrl.training.sft import SFTParams
 from detoxrl.repro_check import WALL_CLOCK, flatten
 from detoxrl.training.dpo import train_dpo
 from detoxrl.training.sft import train_sft
@@ -85,7 +87,8 @@ def digests(run_dir: Path) -> dict[str, str]:
 # the order of a set of the target modules (what PYTHONHASHSEED changes).
 WORKER = """
 import json, sys
-from detoxrl.params import DPOParams, SFTParams
+from detoxrl.training.dpo import DPOParams
+from detoxrl.training.sft import SFTParams
 from detoxrl.training.dpo import train_dpo
 from detoxrl.training.sft import train_sft
 
