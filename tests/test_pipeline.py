@@ -173,7 +173,7 @@ def test_exp_run_of_a_prepare_param_reruns_prepare_and_is_listed(repo, smoke_wor
 def test_editing_one_module_changes_exactly_the_stages_whose_code_runs_it(repo):
     """An edit to training/lm_head.py (the CPU loss path of SFT and DPO): `dvc status` lists exactly the stages whose
     import closure holds it (tests/test_stage_deps.py checks those closures against the source)."""
-    from detoxrl.stage_code import stage_closures
+    from detoxrl_tools.stage_code import stage_closures
 
     module = "src/detoxrl/training/lm_head.py"
     runs, _, _ = stage_closures(repo)
@@ -199,7 +199,7 @@ def test_editing_the_user_cli_or_the_docs_generator_reruns_no_stage(repo):
     """The stages run src/detoxrl/stages/<stage>.py through entry.py, never cli.py: a help text fixed in cli.py and an
     edit to the docs generator leave `dvc status` clean."""
     edits = {"src/detoxrl/cli.py": ('help="Params file to read."', 'help="The params file to read."'),
-             "src/detoxrl/docs_gen.py": ("", "\n# an edit to the docs generator\n")}
+             "src/detoxrl_tools/docs_gen.py": ("", "\n# an edit to the docs generator\n")}
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
     before = {rel: (repo / rel).read_text() for rel in edits}
     try:

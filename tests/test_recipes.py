@@ -213,7 +213,7 @@ def test_recipe_runs_to_the_report_on_cpu_stand_ins(recipe, stand_ins, shared_ca
 
 def test_every_swap_is_listed_in_the_docs_as_untested_on_hardware(tmp_path, monkeypatch):
     """Each recipe's swaps (computed from its resolved chain) appear, by option, in docs/scaling.md's table."""
-    from detoxrl.profiles import resolved_params
+    from detoxrl_tools.profiles import resolved_params
 
     monkeypatch.chdir(ROOT)
     text = (ROOT / "docs" / "scaling.md").read_text()

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import yaml
 
-from .. import DetoxError
-from ..params import ComputeParams, LoraParams, TrainParams, stage_compute
-from ..schema import COMPUTE_BLOCKS, Params
+from detoxrl import DetoxError
+from detoxrl.params import ComputeParams, LoraParams, TrainParams, stage_compute
+from detoxrl.schema import COMPUTE_BLOCKS, Params
 
 GIB = 2**30
 # name, memory (GiB as the GPU's nominal size), smallest first
@@ -173,9 +173,9 @@ def resolve_arch(source: str, key: str, base_dir: Path | None = None, dtype: str
     elif kind == "packaged" and base_dir is not None and (base_dir / "config.json").is_file():
         arch = _from_config(source, json.loads((base_dir / "config.json").read_text()))
     else:
-        where = f"{path} has no config.json" if path is not None else "not in src/detoxrl/models/known_configs.yaml"
+        where = f"{path} has no config.json" if path is not None else "not in src/detoxrl_tools/known_configs.yaml"
         raise DetoxError(f"{key}: {source!r}: no architecture to plan with ({where}); add its config.json fields "
-                         "(hidden_size, num_hidden_layers, ...) to src/detoxrl/models/known_configs.yaml, or point "
+                         "(hidden_size, num_hidden_layers, ...) to src/detoxrl_tools/known_configs.yaml, or point "
                          "the param at a local model directory")
     return replace(arch, dtype=dtype) if dtype else arch
 
@@ -509,7 +509,7 @@ def _n(n: int) -> str:
     return "" if not n else f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-FOOTER = """Estimate (src/detoxrl/models/plan.py has the formulas), GiB per process: weights at the stored dtype
+FOOTER = """Estimate (src/detoxrl_tools/plan.py has the formulas), GiB per process: weights at the stored dtype
 (4-bit QLoRA 0.53 B/param, embeddings and head 2 B); trainable params 16 B each (weight, gradient, AdamW's two
 fp32 states, an fp32 master for 16-bit weights); activations (5h + 5q + 4i) x tokens x layers x 2|4 B
 (checkpointed: h per layer plus one layer) plus fp32 logits x 3; KV cache rows x tokens x layers x kv_heads x
