@@ -926,7 +926,7 @@ def render(root: Path) -> dict[str, str]:
 
 def stale(root: Path) -> list[str]:
     """The generated files under `root` whose content differs from what the generator writes now from the inputs
-    under `root` (`detoxrl docs --check`: the working tree; tests/test_docs.py: a copy of what git holds)."""
+    under `root` (`detoxrl docs --check`: the working tree; tests/unit/test_docs.py: a copy of what git holds)."""
     root = Path(root)
     return [rel for rel, text in render(root).items()
             if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text]

@@ -38,8 +38,8 @@ Formulas (N = parameters, N_t = trainable parameters, B = bytes per element, per
 
 Assumed: a GPU computing bf16 (Ampere or newer: `auto` precision = bf16; T4/V100 have none), sdpa/flash attention
 (no seq^2 term), RTP prompts of PROMPT_TOKENS tokens, chat prompts of prepare_chat.max_chars / 4 tokens plus a
-template. Judges (MiniLM encoders, 22M parameters) are not counted. It is an estimate: tests/test_plan.py holds it to
-torch's measured peak of one training step and one generation on CPU, within a factor of 2.
+template. Judges (MiniLM encoders, 22M parameters) are not counted. It is an estimate: tests/unit/test_plan.py holds it
+to torch's measured peak of one training step and one generation on CPU, within a factor of 2.
 """
 
 from __future__ import annotations
@@ -514,7 +514,7 @@ FOOTER = """Estimate (src/detoxrl_tools/plan.py has the formulas), GiB per proce
 fp32 states, an fp32 master for 16-bit weights); activations (5h + 5q + 4i) x tokens x layers x 2|4 B
 (checkpointed: h per layer plus one layer) plus fp32 logits x 3; KV cache rows x tokens x layers x kv_heads x
 head_dim x 2 x dtype bytes; total = the persistent part + the largest phase, +10% fragmentation. bf16 assumed
-where `auto` (Ampere or newer); held within 2x of torch's measured peak on CPU (tests/test_plan.py)."""
+where `auto` (Ampere or newer); held within 2x of torch's measured peak on CPU (tests/unit/test_plan.py)."""
 
 
 def table(plans: list[StagePlan], params: Params, base_dir: str | Path = "models/base",

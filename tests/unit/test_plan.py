@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -23,7 +24,6 @@ from detoxrl.schema import Params
 from detoxrl_tools import plan as mp
 from detoxrl_tools.profiles import resolved_params
 
-ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 2.0  # the estimate lies within [measured / FACTOR, measured * FACTOR]
 
 
