@@ -39,7 +39,7 @@ test-deps:
 	$(BIN)/pip install -q -r requirements-test.txt -r requirements-docs.txt
 
 # The docs site, built offline and strictly (a broken link or a page missing from the nav fails it): build/site/.
-# `detoxrl docs` regenerates the pages that come from committed files; `tests/test_docs.py` fails when they are stale.
+# `detoxrl docs` regenerates the pages that come from committed files; `tests/unit/test_docs.py` fails when they are stale.
 docs:
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site  # (silences Material's end-of-life banner)
 

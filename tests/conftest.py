@@ -35,8 +35,9 @@ def _fast_tier_launches_no_process(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
-# The end-to-end files first, so that the two xdist workers (`make test`: --dist loadfile) start on them and the
-# short unit files fill the gaps at the end (longest-processing-time-first scheduling). The first file of the
+# The end-to-end files (tests/e2e) first, so that the two xdist workers (`make test`: --dist loadfile) start on them
+# and the short unit files (tests/unit) fill the gaps at the end (longest-processing-time-first scheduling): the
+# files named here in this order, then the other files of tests/e2e, then tests/unit. The first file of the
 # tiny smoke workspace (test_workflow.py) builds it (minutes); meanwhile the other worker runs the packaged-model
 # workspace and then end-to-end files that need no smoke workspace, so that it reaches the workspace's files
 # (test_pipeline.py, test_workflow_models.py) when the build is done instead of waiting on its lock.
@@ -46,13 +47,14 @@ LONGEST_FIRST = ["test_packaged.py", "test_workflow.py", "test_recipes.py", "tes
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+    # stable: a file's tests keep their order, and files of one rank their collection order
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), item.path.parent.name != "e2e"))
 
 
 def cli_env(zygote: bool = True) -> dict:
     """Environment for subprocesses: the venv's bin first, so `detoxrl` and `dvc` resolve; before it, where this
     worker's zygote is up (and `zygote` is true), the `detoxrl` that runs stage commands through it
-    (tests/zygote.py)."""
+    (tests/support/zygote.py)."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if zygote and _ZYGOTE_BIN:
@@ -61,8 +63,9 @@ def cli_env(zygote: bool = True) -> dict:
     return env
 
 
-# The zygote (tests/zygote.py): the stage commands of the pipeline tests fork from one interpreter per xdist worker
-# that has torch, transformers, trl and peft imported, instead of starting and importing them afresh (~4 s each).
+# The zygote (tests/support/zygote.py): the stage commands of the pipeline tests fork from one interpreter per xdist
+# worker that has torch, transformers, trl and peft imported, instead of starting and importing them afresh (~4 s
+# each).
 # DETOXRL_ZYGOTE=0 turns it off; the fast tier starts no process, so no zygote either.
 _ZYGOTE_BIN: Path | None = None
 
@@ -164,10 +167,11 @@ def committed_files(paths: list[str], dest: Path, repo: Path = ROOT) -> Path:
 # The smoke-profile workspaces of the end-to-end tests: the real `dvc pull` + `dvc repro` in a temporary git repo
 # holding a copy of the project's files. Two kinds:
 # - `smoke_workspace`: the smoke profile with base_model.source a tiny random Llama with SmolLM2's tokenizer
-#   (tests/tiny.py), every stage run once per `pytest` run; each xdist worker gets its own copy of that one build.
+#   (tests/support/tiny.py), every stage run once per `pytest` run; each xdist worker gets its own copy of that one
+#   build.
 #   Tests reset their copy to the committed baseline (`SmokeWorkspace.reset`) or copy it further.
 # - `packaged_smoke_workspace`: the smoke profile exactly as a user applies it, on the real packaged SmolLM2-135M,
-#   through one instance of every kind of stage that loads the base model (tests/test_packaged.py).
+#   through one instance of every kind of stage that loads the base model (tests/e2e/test_packaged.py).
 # What a workspace holds: what a clone holds under these paths (the files git lists: tracked, or new and not
 # ignored), so the committed experiments' results (experiments/results/**, *.jsonl included) are there as on a
 # clone, and nothing ignored is (data/raw's data files come from `dvc pull`, as on a clone; no __pycache__).
@@ -307,7 +311,7 @@ def ws(smoke_workspace) -> SmokeWorkspace:
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The CPU stand-in swaps of each GPU recipe test that ran (tests/test_recipes.py records them)."""
+    """The CPU stand-in swaps of each GPU recipe test that ran (tests/e2e/test_recipes.py records them)."""
     for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
         swaps = dict(report.user_properties).get("stand_in_swaps")
         if report.when == "call" and swaps:

@@ -1,7 +1,9 @@
 """The detoxrl commands for people: check-params, use-profile, plan, label-human, docs, ... (`detoxrl --help`).
 
 The pipeline's stages are not here: `detoxrl <stage>` runs src/detoxrl/stages/<stage>.py alone (entry.py), so no
-stage depends on this file and editing a command here reruns nothing.
+stage depends on this file and editing a command here reruns nothing. The developer tools behind docs, stage-deps,
+check-repro, plots-template, plan and use-profile live in the separate package detoxrl_tools (src/detoxrl_tools),
+imported lazily by their commands; no other module of detoxrl imports it.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def use_profile(profile: Path = typer.Argument(..., help="A partial params file,
     """Merge a profile's overrides into params.yaml, after those of the profiles it `extends:`, base first
     (validated first; comments kept; the chain recorded in `profiles:`). Refuses while params.yaml differs from git's
     HEAD, unless --force."""
-    from .profiles import apply_profile  # not a stage's import: no stage depends on the profile code
+    from detoxrl_tools.profiles import apply_profile  # not a stage's import: no stage depends on the profile code
 
     applied = apply_profile(params, profile, force=force)
     if applied.note:
@@ -194,10 +196,10 @@ def plan_cmd(params: Path = ParamsOpt, base: Path = BaseOpt,
                                                     "profiles/gpu-1b.yaml.")):
     """Estimate each model-loading stage's GPU memory (weights, gradients + optimizer, activations, KV cache) and
     the smallest GPU it fits on, from the params alone."""
-    from .models.plan import render
+    from detoxrl_tools.plan import render
 
     if profile is not None:
-        from .profiles import resolved_params  # not a stage's import
+        from detoxrl_tools.profiles import resolved_params  # not a stage's import
 
         p = resolved_params(params, profile)
     else:
@@ -216,7 +218,7 @@ def check_repro_cmd(
 ):
     """Rerun a stage with unchanged params (dvc repro --force) and compare its metrics with the committed ones:
     identical on the same CPU kind; on another kind, one seed's evaluation within its method's spread over seeds."""
-    from .repro_check import check_repro
+    from detoxrl_tools.repro_check import check_repro
 
     result = check_repro(stage, rev, rtol, atol, echo=typer.echo, upstream=upstream)
     if result.ignored:
@@ -257,7 +259,7 @@ def check_repro_cmd(
 @app.command("stage-deps")
 def stage_deps_cmd(write: bool = typer.Option(False, "--write", help="Rewrite dvc.yaml's code deps to the closures.")):
     """Check (or --write) that each dvc.yaml stage declares every project module its command can run."""
-    from .stage_code import missing_code_deps, write_code_deps
+    from detoxrl_tools.stage_code import missing_code_deps, write_code_deps
 
     root = Path.cwd()
     if write:
@@ -276,7 +278,7 @@ def stage_deps_cmd(write: bool = typer.Option(False, "--write", help="Rewrite dv
 @app.command("plots-template")
 def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"), help="Template to write.")):
     """Write an offline HTML template for `dvc plots show/diff` (Vega libraries inlined, fetched with npm)."""
-    from .plots_page import build_offline_template
+    from detoxrl_tools.plots_page import build_offline_template
 
     build_offline_template(out)
     typer.echo(f"{out}: use it with `dvc plots show --html-template {out}`")
@@ -286,7 +288,7 @@ def plots_template_cmd(out: Path = typer.Option(Path(".cache/plots-offline.html"
 def docs_cmd(check: bool = typer.Option(False, "--check", help="Write nothing; fail naming each stale file.")):
     """Write the generated docs (results, pipeline and params pages, README's result table) from committed files, and
     params.yaml's end-of-line comments from the schema's descriptions."""
-    from .docs_gen import stale, write  # not a stage's import: no stage depends on the docs generator
+    from detoxrl_tools.docs_gen import stale, write  # not a stage's import: no stage depends on the docs generator
 
     root = Path.cwd()
     if check:

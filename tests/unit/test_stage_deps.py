@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from detoxrl.stage_code import (
+from detoxrl_tools.stage_code import (
     Package,
     command_closures,
     expected_code_deps,
@@ -32,6 +32,31 @@ def test_stage_code_deps_are_exactly_the_closure_so_an_edit_reruns_no_stage_that
     for name, want in expected.items():
         declared = sorted(d for d in bodies[name]["deps"] if isinstance(d, str) and d.startswith("src/"))
         assert declared == want, f"{name}: declared {sorted(set(declared) ^ set(want))} differ from its closure"
+
+
+def test_no_module_of_the_runtime_package_but_the_user_cli_imports_the_developer_tools():
+    """The closures follow imports inside src/detoxrl alone: a stage's module importing detoxrl_tools (the docs
+    generator, stage_code, check-repro, plan, profiles) would run code that no dep declares. Only cli.py, which no
+    stage runs, imports it (lazily, in its commands)."""
+    import ast
+
+    src = ROOT / "src" / "detoxrl"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):  # importlib.import_module("...")
+                names = [node.value]
+            else:
+                continue
+            if any(n.split(".")[0] == "detoxrl_tools" for n in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == [], f"modules of src/detoxrl that import detoxrl_tools: {found}"
 
 
 def _write(root: Path, rel: str, text: str) -> None:

@@ -12,7 +12,7 @@ The client runs the real `detoxrl` instead (exec) when the zygote is not up, whe
 so a test that sets, e.g., OMP_NUM_THREADS or HF_HUB_OFFLINE for a stage gets a fresh interpreter that reads it.
 Signals (SIGINT, SIGTERM, SIGHUP) sent to the client go to the stage; if the client dies (SIGKILL), the stage is killed.
 
-The packaged-model workspace (tests/test_packaged.py) and every `accelerate launch` run without it: they start
+The packaged-model workspace (tests/e2e/test_packaged.py) and every `accelerate launch` run without it: they start
 interpreters as a user's `dvc repro` does.
 """
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from typer.testing import CliRunner
 
 from detoxrl import DetoxError
-from detoxrl.models import plan as mp
-from detoxrl.profiles import resolved_params
 from detoxrl.schema import Params
+from detoxrl_tools import plan as mp
+from detoxrl_tools.profiles import resolved_params
 
-ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 2.0  # the estimate lies within [measured / FACTOR, measured * FACTOR]
 
 

@@ -109,7 +109,7 @@ def test_cards_compose_the_labels_signal_and_budget_and_reject_bad_ones(tmp_path
 
 
 def test_check_repro_holds_a_seed_rerun_on_another_kind_to_the_spread_over_seeds():
-    from detoxrl.repro_check import SEED_RUN, Comparison, compare_with_seed_spread
+    from detoxrl_tools.repro_check import SEED_RUN, Comparison, compare_with_seed_spread
 
     assert SEED_RUN.match("metrics/eval/ppo/s2.json")["method"] == "ppo"
     assert SEED_RUN.match("experiments/results/ppo_cvar/s0.json")["seed"] == "0"

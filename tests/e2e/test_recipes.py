@@ -8,7 +8,7 @@ A recipe's workspace applies, in order and as a user would (`detoxrl use-profile
      a recipe naming a hub model without a stand-in fails, naming it);
    - what needs CUDA -> its CPU equivalent: 4-bit/8-bit QLoRA -> unquantised LoRA, vLLM -> the hf decode loop,
      a DeepSpeed accelerate config -> plain DDP (gloo), N GPU processes -> 2 CPU processes for a stage's own
-     `compute` and 1 for the global one (tests/test_data_parallel.py runs the stages' 2-process paths).
+     `compute` and 1 for the global one (tests/e2e/test_data_parallel.py runs the stages' 2-process paths).
 The swaps are printed at the end of the run (pytest's terminal summary) and listed, by stage and option, in
 docs/scaling.md's "Untested on hardware" table (`test_every_swap_is_listed_in_the_docs_as_untested_on_hardware`).
 The recipes' workspaces share one DVC cache, so a stage the same in two recipes (gpu-8b-zero3 extends gpu-1b and
@@ -93,7 +93,7 @@ def stand_in_swaps(tree: dict, models) -> list[Swap]:
                 hub_id = value.removeprefix("hub:")
                 if hub_id not in STAND_INS:
                     pytest.fail(f"{key}: {value}: no CPU stand-in for this hub model: add one to "
-                                "tests/test_recipes.py's STAND_INS")
+                                "tests/e2e/test_recipes.py's STAND_INS")
                 swaps.append(Swap(key, value, f"local:{models(hub_id)}",
                                   f"the hub weights need the network: a tiny random {STAND_INS[hub_id][1]}"))
             elif name == "quantization" and value in ("4bit", "8bit"):
@@ -107,7 +107,7 @@ def stand_in_swaps(tree: dict, models) -> list[Swap]:
             elif name == "num_processes" and isinstance(value, int) and value > 1:
                 if key == "compute.num_processes":
                     swaps.append(Swap(key, value, 1, f"{value} GPUs: one CPU process per stage (the stages' "
-                                                     "2-process paths: tests/test_data_parallel.py)"))
+                                                     "2-process paths: tests/e2e/test_data_parallel.py)"))
                 else:
                     swaps.append(Swap(key, value, 2, f"{value} GPUs: 2 CPU processes (gloo)"))
 
@@ -149,8 +149,8 @@ def swaps_profile(swaps: list[Swap]) -> str:
 
     buf = io.StringIO()
     YAML().dump(doc, buf)
-    return "# CPU stand-in swaps (tests/test_recipes.py) over the smoke profile's sizes, applied after the recipe\n" + \
-        buf.getvalue()
+    return ("# CPU stand-in swaps (tests/e2e/test_recipes.py) over the smoke profile's sizes, applied after the "
+            "recipe\n" + buf.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_recipe_runs_to_the_report_on_cpu_stand_ins(recipe, stand_ins, shared_ca
 
 def test_every_swap_is_listed_in_the_docs_as_untested_on_hardware(tmp_path, monkeypatch):
     """Each recipe's swaps (computed from its resolved chain) appear, by option, in docs/scaling.md's table."""
-    from detoxrl.profiles import resolved_params
+    from detoxrl_tools.profiles import resolved_params
 
     monkeypatch.chdir(ROOT)
     text = (ROOT / "docs" / "scaling.md").read_text()

@@ -6,7 +6,7 @@ can run in it is that module and, transitively, every module of the package that
 `__init__`s on the way, so they count too. `__main__.py` and entry.py count for every stage; cli.py for none.
 
 `detoxrl stage-deps` prints what each stage of dvc.yaml misses; `--write` rewrites the `src/detoxrl` entries of every
-stage's deps to exactly its closure (a folder where the closure holds every module in it). tests/test_stage_deps.py
+stage's deps to exactly its closure (a folder where the closure holds every module in it). tests/unit/test_stage_deps.py
 fails when dvc.yaml and the closures disagree. Standard library only, plus ruamel.yaml (a DVC dependency) for the
 round trip that keeps dvc.yaml's comments.
 """

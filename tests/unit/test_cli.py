@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from detoxrl.cli import app
 from detoxrl.entry import stage_module
-from detoxrl.stage_code import Package, command_closures, dvc_files, stage_commands
+from detoxrl_tools.stage_code import Package, command_closures, dvc_files, stage_commands
 
 STAGES = sorted(command_closures(Package(ROOT / "src" / "detoxrl")))  # every module of src/detoxrl/stages
 

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import DetoxError
+from detoxrl import DetoxError
 
 # The versions dvc-render's VegaRenderer loads from the CDN (dvc_render/vega.py).
 VEGA_PACKAGES = {"vega": "5.20.2", "vega-lite": "5.2.0", "vega-embed": "6.18.2"}

@@ -1,4 +1,4 @@
-"""The zygote of the end-to-end tests (tests/zygote.py): a stage command run through it behaves as the console
+"""The zygote of the end-to-end tests (tests/support/zygote.py): a stage command run through it behaves as the console
 script does (exit status, stdout/stderr, cwd, environment), and it steps aside where it could differ."""
 
 import os

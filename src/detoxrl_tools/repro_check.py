@@ -43,7 +43,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DetoxError, hardware
+from detoxrl import DetoxError, hardware
 
 
 def venv_env() -> dict:

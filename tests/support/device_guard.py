@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-SRC = str(Path(__file__).resolve().parents[1] / "src" / "detoxrl")
+SRC = str(Path(__file__).resolve().parents[2] / "src" / "detoxrl")  # tests/support/ -> the project root
 TORCH_DISPATCH = str(Path(torch.__file__).parent / "overrides.py")
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor, torch.as_tensor,
              torch.randperm, torch.rand, torch.randn, torch.randint, torch.eye, torch.linspace}

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from detoxrl import DetoxError
-from detoxrl.plots_page import VEGA_PACKAGES, render_template
-from detoxrl.repro_check import compare_metrics, flatten
+from detoxrl_tools.plots_page import VEGA_PACKAGES, render_template
+from detoxrl_tools.repro_check import compare_metrics, flatten
 
 
 def test_flatten_nested_metrics():
@@ -46,7 +46,7 @@ def test_offline_template_inlines_the_libraries_and_keeps_dvc_placeholders():
 
 
 def test_across_cpu_kinds_headline_metrics_are_held_to_their_confidence_intervals():
-    from detoxrl.repro_check import compare_within_ci, recorded_kind
+    from detoxrl_tools.repro_check import compare_within_ci, recorded_kind
 
     committed = {"toxicity": {"overall": {"expected_max_toxicity": {"value": 0.525, "ci_low": 0.486, "ci_high": 0.565},
                                           "toxicity_probability": {"value": 0.45, "ci_low": 0.36, "ci_high": 0.52}}},

@@ -23,9 +23,9 @@ from detoxrl.io import write_jsonl
 from detoxrl.schema import load_params
 from detoxrl.training.dpo import DPOParams
 from detoxrl.training.sft import SFTParams
-from detoxrl.repro_check import WALL_CLOCK, flatten
 from detoxrl.training.dpo import train_dpo
 from detoxrl.training.sft import train_sft
+from detoxrl_tools.repro_check import WALL_CLOCK, flatten
 
 from conftest import ROOT, cli_env
 from tiny import build_tiny_model

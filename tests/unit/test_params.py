@@ -6,8 +6,8 @@ import yaml
 from conftest import ROOT, cli_env
 
 from detoxrl import DetoxError
-from detoxrl.profiles import apply_profile, resolve_chain
 from detoxrl.schema import load_params
+from detoxrl_tools.profiles import apply_profile, resolve_chain
 
 
 def _write(tmp_path, mutate):

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from . import DetoxError
-from .params import _format_error
-from .schema import Params
+from detoxrl import DetoxError
+from detoxrl.params import _format_error
+from detoxrl.schema import Params
 
 EXTENDS = "extends"  # the top-level key naming a profile's parent
 RECORD = "profiles"  # params.yaml's list of the profile files applied so far, in order
@@ -217,7 +217,7 @@ def apply_profile(params_path: str | Path, profile_path: str | Path, force: bool
         Params.model_validate(yaml.safe_load(buf.getvalue()))
     except ValidationError as exc:
         raise DetoxError(_format_error(chain[-1].path, exc)) from None
-    from .io import atomic_file
+    from detoxrl.io import atomic_file
 
     with atomic_file(params_path) as fh:
         fh.write(buf.getvalue())

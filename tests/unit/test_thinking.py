@@ -1,5 +1,5 @@
 """Reasoning models (`thinking:`): the answer after the delimiter is what every reward and judge scores, an unclosed
-thinking gets its treatment, and each stage counts the unclosed responses. The R1 stand-in: tests/tiny.py
+thinking gets its treatment, and each stage counts the unclosed responses. The R1 stand-in: tests/support/tiny.py
 build_tiny_qwen2_r1 (a tiny random Qwen2 whose chat template opens `<think>\\n`)."""
 
 import json
@@ -99,7 +99,7 @@ def test_generate_gives_the_thinking_its_budget_and_the_answer_max_new_tokens(r1
 
 
 def test_ppo_on_the_r1_stand_in_counts_unclosed_thinking(r1_dir, tmp_path):
-    from test_ppo import ppo_params
+    from ppo_helpers import ppo_params
 
     from detoxrl.training import ppo as P
 

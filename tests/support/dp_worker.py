@@ -1,4 +1,4 @@
-"""Run by tests/test_data_parallel.py under `accelerate launch --num_processes N` (CPU processes, gloo).
+"""Run by tests/e2e/test_data_parallel.py under `accelerate launch --num_processes N` (CPU processes, gloo).
 
   python dp_worker.py update <tiny model dir> <out dir>     one PPO update on a fixed rollout batch
   python dp_worker.py train <tiny model dir> <out dir>      two steps of train_ppo, recording each rank's prompts
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # its helpers beside it in tests/support (ppo_helpers, tiny)
 
 
 def update(model_dir: Path, out: Path) -> None:
@@ -24,7 +24,7 @@ def update(model_dir: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from detoxrl.training import ppo as P
-    from test_ppo import ppo_params
+    from ppo_helpers import ppo_params
 
     accelerator = Accelerator(cpu=True)
     procs = P.Processes(accelerator)
@@ -63,7 +63,7 @@ def update(model_dir: Path, out: Path) -> None:
 
 
 class RecordingReward:
-    """The letter-"a" reward of test_ppo, writing the prompts each process scored (one line per step)."""
+    """The letter-"a" reward of ppo_helpers, writing the prompts each process scored (one line per step)."""
     name, judges = "letter_a", []
 
     def __init__(self, out: Path, rank: int, stop_at: int | None = None):
@@ -83,7 +83,7 @@ def train(model_dir: Path, out: Path) -> None:
     import os
 
     from detoxrl.training import ppo as P
-    from test_ppo import ppo_params
+    from ppo_helpers import ppo_params
 
     prompts = out / "prompts.jsonl"
     rank = int(os.environ["RANK"])
@@ -97,7 +97,7 @@ def resume(model_dir: Path, out: Path, stop_at: str | None = None) -> None:
     import os
 
     from detoxrl.training import ppo as P
-    from test_ppo import ppo_params
+    from ppo_helpers import ppo_params
 
     rank = int(os.environ["RANK"])
     params = ppo_params(steps=3, batch_size=8, minibatch_size=4, epochs=1, checkpoint_every=2)

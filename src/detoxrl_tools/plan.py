@@ -38,8 +38,8 @@ Formulas (N = parameters, N_t = trainable parameters, B = bytes per element, per
 
 Assumed: a GPU computing bf16 (Ampere or newer: `auto` precision = bf16; T4/V100 have none), sdpa/flash attention
 (no seq^2 term), RTP prompts of PROMPT_TOKENS tokens, chat prompts of prepare_chat.max_chars / 4 tokens plus a
-template. Judges (MiniLM encoders, 22M parameters) are not counted. It is an estimate: tests/test_plan.py holds it to
-torch's measured peak of one training step and one generation on CPU, within a factor of 2.
+template. Judges (MiniLM encoders, 22M parameters) are not counted. It is an estimate: tests/unit/test_plan.py holds it
+to torch's measured peak of one training step and one generation on CPU, within a factor of 2.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ from pathlib import Path
 
 import yaml
 
-from .. import DetoxError
-from ..params import ComputeParams, LoraParams, TrainParams, stage_compute
-from ..schema import COMPUTE_BLOCKS, Params
+from detoxrl import DetoxError
+from detoxrl.params import ComputeParams, LoraParams, TrainParams, stage_compute
+from detoxrl.schema import COMPUTE_BLOCKS, Params
 
 GIB = 2**30
 # name, memory (GiB as the GPU's nominal size), smallest first
@@ -173,9 +173,9 @@ def resolve_arch(source: str, key: str, base_dir: Path | None = None, dtype: str
     elif kind == "packaged" and base_dir is not None and (base_dir / "config.json").is_file():
         arch = _from_config(source, json.loads((base_dir / "config.json").read_text()))
     else:
-        where = f"{path} has no config.json" if path is not None else "not in src/detoxrl/models/known_configs.yaml"
+        where = f"{path} has no config.json" if path is not None else "not in src/detoxrl_tools/known_configs.yaml"
         raise DetoxError(f"{key}: {source!r}: no architecture to plan with ({where}); add its config.json fields "
-                         "(hidden_size, num_hidden_layers, ...) to src/detoxrl/models/known_configs.yaml, or point "
+                         "(hidden_size, num_hidden_layers, ...) to src/detoxrl_tools/known_configs.yaml, or point "
                          "the param at a local model directory")
     return replace(arch, dtype=dtype) if dtype else arch
 
@@ -509,12 +509,12 @@ def _n(n: int) -> str:
     return "" if not n else f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-FOOTER = """Estimate (src/detoxrl/models/plan.py has the formulas), GiB per process: weights at the stored dtype
+FOOTER = """Estimate (src/detoxrl_tools/plan.py has the formulas), GiB per process: weights at the stored dtype
 (4-bit QLoRA 0.53 B/param, embeddings and head 2 B); trainable params 16 B each (weight, gradient, AdamW's two
 fp32 states, an fp32 master for 16-bit weights); activations (5h + 5q + 4i) x tokens x layers x 2|4 B
 (checkpointed: h per layer plus one layer) plus fp32 logits x 3; KV cache rows x tokens x layers x kv_heads x
 head_dim x 2 x dtype bytes; total = the persistent part + the largest phase, +10% fragmentation. bf16 assumed
-where `auto` (Ampere or newer); held within 2x of torch's measured peak on CPU (tests/test_plan.py)."""
+where `auto` (Ampere or newer); held within 2x of torch's measured peak on CPU (tests/unit/test_plan.py)."""
 
 
 def table(plans: list[StagePlan], params: Params, base_dir: str | Path = "models/base",

@@ -4,7 +4,7 @@
   gradient average all over the global batch), and leaves both processes with identical weights;
 - train_ppo under 2 processes: the processes draw disjoint prompts, the global batch is the single-process one,
   and the outputs are written once;
-- every tensor factory of a PPO step and of generation names its device (tests/device_guard.py).
+- every tensor factory of a PPO step and of generation names its device (tests/support/device_guard.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from conftest import cli_env
 from tiny import build_tiny_char_model
 
-WORKER = Path(__file__).parent / "dp_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "support" / "dp_worker.py"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def launch(n: int, *args, tmp: Path, check: bool = True) -> str:
 
     env = cli_env()
     env.update(OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *filter(None, [env.get("PYTHONPATH")])]))
+               PYTHONPATH=os.pathsep.join([str(WORKER.parent), *filter(None, [env.get("PYTHONPATH")])]))
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", *(["--multi_gpu"] if n > 1 else []),
            "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), str(WORKER), *map(str, args)]
@@ -134,7 +134,7 @@ def test_every_tensor_of_a_ppo_step_and_of_generation_names_its_device(tiny_dir,
     off GPUs: inside it, a factory call from src/detoxrl without device= fails."""
     from accelerate.state import AcceleratorState
     from device_guard import ExplicitDevice
-    from test_ppo import LetterReward, ppo_params
+    from ppo_helpers import LetterReward, ppo_params
 
     from detoxrl.evaluation.generate import sample_continuations
     from detoxrl.models.load import load_for_inference

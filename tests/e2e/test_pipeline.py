@@ -25,7 +25,7 @@ def repo(smoke_workspace) -> Path:
 
 @pytest.mark.slow
 def test_smoke_pipeline_runs_caches_and_reruns_only_what_changed(repo, smoke_workspace):
-    """Every stage of the smoke profile ran (on the tiny stand-in base; tests/test_packaged.py runs the real one),
+    """Every stage of the smoke profile ran (on the tiny stand-in base; tests/e2e/test_packaged.py runs the real one),
     wrote what it promises, and nothing reruns when nothing changed."""
     out = smoke_workspace.first_repro  # the `dvc repro` that built every stage
     prov = json.loads((repo / "models" / "base" / "provenance.json").read_text())
@@ -172,8 +172,8 @@ def test_exp_run_of_a_prepare_param_reruns_prepare_and_is_listed(repo, smoke_wor
 @pytest.mark.slow
 def test_editing_one_module_changes_exactly_the_stages_whose_code_runs_it(repo):
     """An edit to training/lm_head.py (the CPU loss path of SFT and DPO): `dvc status` lists exactly the stages whose
-    import closure holds it (tests/test_stage_deps.py checks those closures against the source)."""
-    from detoxrl.stage_code import stage_closures
+    import closure holds it (tests/unit/test_stage_deps.py checks those closures against the source)."""
+    from detoxrl_tools.stage_code import stage_closures
 
     module = "src/detoxrl/training/lm_head.py"
     runs, _, _ = stage_closures(repo)
@@ -199,7 +199,7 @@ def test_editing_the_user_cli_or_the_docs_generator_reruns_no_stage(repo):
     """The stages run src/detoxrl/stages/<stage>.py through entry.py, never cli.py: a help text fixed in cli.py and an
     edit to the docs generator leave `dvc status` clean."""
     edits = {"src/detoxrl/cli.py": ('help="Params file to read."', 'help="The params file to read."'),
-             "src/detoxrl/docs_gen.py": ("", "\n# an edit to the docs generator\n")}
+             "src/detoxrl_tools/docs_gen.py": ("", "\n# an edit to the docs generator\n")}
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
     before = {rel: (repo / rel).read_text() for rel in edits}
     try:

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import ROOT, committed_files
 
-from detoxrl import DetoxError, cli, docs_gen
+from detoxrl import DetoxError, cli
+from detoxrl_tools import docs_gen
 
 # What the generator reads and writes, copied from git's index into a scratch repo (`committed_repo`).
 DOCS_INPUTS = ["README.md", "docs", "metrics", "reports", "dvc.yaml", "experiments", "params.yaml", "benchmarks",
@@ -255,7 +256,7 @@ def test_regenerating_params_yaml_comments_changes_no_value(committed_repo):
     """The rewrite touches comments only: the same YAML data, the same lines apart from end-of-line comments (a `#`
     inside a quoted value is no comment), full-line comments kept; and a profile-applied params.yaml (ruamel's
     output) still goes through it."""
-    from detoxrl.profiles import apply_profile
+    from detoxrl_tools.profiles import apply_profile
 
     committed = (committed_repo / "params.yaml").read_text(encoding="utf-8")
     bare = "\n".join(line.split("  #")[0].rstrip() if not line.lstrip().startswith("#") and '"' not in line
