@@ -107,6 +107,7 @@ def experiment_repo(tmp_path):
     p["evaluate"].update(judges=["offline"], bootstrap_samples=50, fluency_batch_size=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run(["dvc", "init", "--no-scm", "-q"], repo)
+    run(["detoxrl", "check-params"], repo)  # metrics/params_ok.json, every stage's dep (a clone has it committed)
     return repo
 
 
@@ -222,6 +223,7 @@ def seeds_repo(experiment_repo):
     p["sft"].update(tiny)
     p["dpo"].update(tiny, eval_steps=100, eval_pairs=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run(["detoxrl", "check-params"], repo)  # metrics/params_ok.json, every stage's dep (a clone has it committed)
     return repo
 
 

@@ -218,6 +218,7 @@ def test_dvc_repro_grpo_at_a_seed_writes_the_declared_outputs(tiny_dir, tmp_path
                      mixed_precision="none")
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     sh(["dvc", "init", "--no-scm", "-q"], repo)
+    sh(["detoxrl", "check-params"], repo)  # metrics/params_ok.json, every stage's dep (a clone has it committed)
     out = sh(["dvc", "repro", "--single-item", "grpo@2"], repo)
     assert "grpo seed 2: 8 scored responses" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["grpo@2"]
